@@ -1,0 +1,58 @@
+"""The application factory: create_app(settings) builds the app; its lifespan owns the resources."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import chat_api
+from chat_api.auth.tokens import TokenVerifier
+from chat_api.core.config import Settings
+from chat_api.core.db import new_engine
+from chat_api.core.errors import install_problem_handlers
+from chat_api.health.router import router as health_router
+from chat_api.messages.router import router as messages_router
+from chat_api.rooms.router import router as rooms_router
+
+log = logging.getLogger("chat_api")
+
+# Bodies are capped before they are read whole (Content-Length checked up front, chunked bodies
+# counted as they arrive): a chat request never needs more.
+MAX_BODY_BYTES = 64 * 1024
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    app.state.engine = new_engine(settings)
+    log.info("chat-api %s started; database %s", chat_api.__version__, settings.database_target().redacted)
+    try:
+        yield
+    finally:
+        app.state.draining.set()
+        await app.state.engine.dispose()
+        log.info("chat-api stopped")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.require_database()
+    app = FastAPI(
+        title="chat-api",
+        version=chat_api.__version__,
+        summary="Rooms, messages and a lossless event stream over HTTP.",
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.state.settings = settings
+    app.state.verifier = TokenVerifier(settings)
+    # Set once shutdown begins: /readyz answers 503 and open streams end.
+    app.state.draining = asyncio.Event()
+    install_problem_handlers(app)
+    app.include_router(health_router)
+    app.include_router(rooms_router)
+    app.include_router(messages_router)
+    return app

@@ -1,0 +1,113 @@
+"""Bearer tokens: verify JWTs (HS256 secret or an OIDC issuer's JWKS) and mint HS256 ones."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+import jwt
+
+from chat_api.core.config import Settings
+
+log = logging.getLogger("chat_api.auth")
+
+LEEWAY_SECONDS = 30  # clock skew tolerated on exp / nbf / iat (the contract allows at most 60)
+ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
+MAX_SUBJECT_CHARS = 255
+JWKS_MIN_REFRESH_SECONDS = 10.0  # an unknown kid triggers a refetch at most this often
+JWKS_MAX_AGE_SECONDS = 3600.0
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, unsigned, expired or not for us; the message says which."""
+
+
+class JwksCache:
+    """The issuer's signing keys by kid, fetched lazily and refetched on an unknown kid."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.keys: dict[str, jwt.PyJWK] = {}
+        self.fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str | None) -> jwt.PyJWK:
+        stale = time.monotonic() - self.fetched_at > JWKS_MAX_AGE_SECONDS
+        if stale or kid not in self.keys:
+            await self._refresh(force=stale)
+        if kid is None and len(self.keys) == 1:
+            return next(iter(self.keys.values()))
+        if kid is None or kid not in self.keys:
+            raise InvalidToken("signing key is unknown")
+        return self.keys[kid]
+
+    async def _refresh(self, *, force: bool) -> None:
+        async with self._lock:
+            if not force and time.monotonic() - self.fetched_at < JWKS_MIN_REFRESH_SECONDS:
+                return
+            try:
+                async with httpx.AsyncClient(timeout=5.0) as client:
+                    response = await client.get(self.url)
+                    response.raise_for_status()
+                key_set = jwt.PyJWKSet.from_dict(response.json())
+            except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
+                log.warning("cannot fetch the JWKS from %s: %s", self.url, exc)
+                self.fetched_at = time.monotonic()  # back off; keep the keys we had
+                return
+            self.keys = {k.key_id: k for k in key_set.keys if k.key_id and k.algorithm_name in ASYMMETRIC_ALGORITHMS}
+            self.fetched_at = time.monotonic()
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        settings.require_auth()
+        self.secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self.jwks = JwksCache(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+        self.issuer = settings.jwt_issuer
+        self.audience = settings.jwt_audience
+
+    async def subject(self, token: str) -> str:
+        """The verified token's `sub`, or InvalidToken."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise InvalidToken("token is malformed") from None
+        key: Any
+        if self.jwks is not None:
+            algorithms = ASYMMETRIC_ALGORITHMS
+            if header.get("alg") not in algorithms:
+                raise InvalidToken("token algorithm is not accepted")
+            jwk = await self.jwks.key(header.get("kid"))
+            if jwk.algorithm_name != header["alg"]:
+                raise InvalidToken("token algorithm does not match its key")
+            key = jwk.key
+        else:
+            algorithms = ["HS256"]
+            key = self.secret
+        options: Any = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_SECONDS,
+                options=options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("token has expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise InvalidToken(f"token is not valid: {exc}") from None
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
+            raise InvalidToken("token subject is not valid")
+        return subject
+
+
+def mint_token(secret: str, subject: str, ttl_seconds: int = 3600) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": subject, "iat": now, "exp": now + ttl_seconds}, secret, algorithm="HS256")

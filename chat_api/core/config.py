@@ -1,0 +1,148 @@
+"""All configuration, read from the environment in one place (see the README's table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chat_api.core.dburl import DatabaseTarget, DatabaseUrlError, parse_database_url
+
+MIN_HS256_SECRET_CHARS = 32
+
+
+def env(name: str) -> AliasChoices:
+    """Binds a field to exactly one environment variable (no prefix magic, no case games)."""
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_ignore_empty=True, extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: SecretStr | None = Field(None, validation_alias=env("DATABASE_URL"))
+    database_url_file: Path | None = Field(None, validation_alias=env("DATABASE_URL_FILE"))
+
+    jwt_secret: SecretStr | None = Field(None, validation_alias=env("CHAT_API_JWT_SECRET"))
+    jwt_jwks_url: str | None = Field(None, validation_alias=env("CHAT_API_JWT_JWKS_URL"))
+    jwt_issuer: str | None = Field(None, validation_alias=env("CHAT_API_JWT_ISSUER"))
+    jwt_audience: str | None = Field(None, validation_alias=env("CHAT_API_JWT_AUDIENCE"))
+
+    host: str = Field("0.0.0.0", validation_alias=env("CHAT_API_HOST"))  # noqa: S104 - a container listens on all
+    port: int = Field(8080, ge=1, le=65535, validation_alias=env("CHAT_API_PORT"))
+
+    db_pool_size: int = Field(10, ge=1, le=1000, validation_alias=env("CHAT_API_DB_POOL_SIZE"))
+    db_pool_max_overflow: int = Field(10, ge=0, le=1000, validation_alias=env("CHAT_API_DB_POOL_MAX_OVERFLOW"))
+    db_statement_cache: bool = Field(True, validation_alias=env("CHAT_API_DB_STATEMENT_CACHE"))
+    # Seconds a request waits for a pooled connection or a statement before it is answered 503.
+    db_timeout: float = Field(10.0, gt=0, le=300, validation_alias=env("CHAT_API_DB_TIMEOUT"))
+
+    max_message_chars: int = Field(4000, ge=1, le=60000, validation_alias=env("CHAT_API_MAX_MESSAGE_CHARS"))
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=env("CHAT_API_LOG_LEVEL")
+    )
+    log_format: Literal["json", "console"] = Field("json", validation_alias=env("CHAT_API_LOG_FORMAT"))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                parse_database_url(value.get_secret_value())
+            except DatabaseUrlError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("database_url_file")
+    @classmethod
+    def _valid_database_url_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_database_url_file(value)
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_HS256_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_HS256_SECRET_CHARS} characters for HS256")
+        return value
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Settings:
+        if self.jwt_secret is not None and self.jwt_jwks_url is not None:
+            raise ValueError("set CHAT_API_JWT_SECRET or CHAT_API_JWT_JWKS_URL, not both")
+        return self
+
+    def require_auth(self) -> None:
+        if self.jwt_secret is None and self.jwt_jwks_url is None:
+            raise ConfigError("CHAT_API_JWT_SECRET (or CHAT_API_JWT_JWKS_URL) is not set")
+
+    def require_database(self) -> None:
+        if self.database_url is None and self.database_url_file is None:
+            raise ConfigError("DATABASE_URL (or DATABASE_URL_FILE) is not set")
+
+    def database_target(self) -> DatabaseTarget:
+        """Where to connect now. The file variant is read on every call, so a rotated secret is seen."""
+        if self.database_url_file is not None:
+            return parse_database_url(read_database_url_file(self.database_url_file))
+        if self.database_url is not None:
+            return parse_database_url(self.database_url.get_secret_value())
+        raise ConfigError("DATABASE_URL (or DATABASE_URL_FILE) is not set")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line that names the variable."""
+
+
+def read_database_url_file(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        parse_database_url(text)
+    except DatabaseUrlError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return text
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Reads the environment; a bad value raises ConfigError naming the variable, never its secret."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    first = exc.errors(include_input=False, include_url=False)[0]
+    name = ".".join(str(part) for part in first["loc"]) or "configuration"
+    message = first["msg"].removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    return f"{name}: {message}" + (f" (and {more} more)" if more else "")
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+AppSettings = Annotated[Settings, Depends(_settings)]

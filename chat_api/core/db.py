@@ -1,0 +1,78 @@
+"""The database engine: SQLAlchemy's async engine on asyncpg, connected the way the settings say."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from chat_api.core.config import Settings
+
+# Constraint names are part of the schema that migrations refer to: keep them predictable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012 - SQLAlchemy's own hook
+
+
+# Every connection speaks UTC and cannot sit idle inside a transaction for long: an open transaction
+# holds back the event stream's horizon (see chat_api/events/log.py).
+SERVER_SETTINGS = {
+    "TimeZone": "UTC",
+    "idle_in_transaction_session_timeout": "15000",
+}
+
+
+def connect_args(settings: Settings) -> dict[str, Any]:
+    """asyncpg connect() arguments that do not depend on where we connect."""
+    args: dict[str, Any] = {"server_settings": dict(SERVER_SETTINGS), "command_timeout": settings.db_timeout}
+    if not settings.db_statement_cache:
+        # Behind PgBouncer in transaction mode a prepared statement may land on another server
+        # connection: no cache, and a unique name for each statement (SQLAlchemy asyncpg docs).
+        args["statement_cache_size"] = 0
+        args["prepared_statement_cache_size"] = 0
+        args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4()}__"
+    return args
+
+
+def new_engine(settings: Settings) -> AsyncEngine:
+    settings.require_database()
+    engine = create_async_engine(
+        "postgresql+asyncpg://",
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_max_overflow,
+        pool_timeout=settings.db_timeout,
+        pool_pre_ping=False,
+        pool_recycle=1800,
+        connect_args=connect_args(settings),
+    )
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _target_per_connection(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        # Read where to connect for every new connection: with DATABASE_URL_FILE a rotated password
+        # (CloudNativePG rewrites the mounted secret) is used without a restart.
+        cparams.update(settings.database_target().connect_kwargs())
+
+    return engine
+
+
+def _engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.engine
+    return engine
+
+
+DbEngine = Annotated[AsyncEngine, Depends(_engine)]

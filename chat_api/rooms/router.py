@@ -1,0 +1,65 @@
+"""HTTP routes for rooms and members: parse, call rooms.service, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from chat_api.auth.dependencies import CurrentUser
+from chat_api.core.db import DbEngine
+from chat_api.core.wire import parse_room_id
+from chat_api.rooms import service
+from chat_api.rooms.schemas import Member, NewRoom, RoomDetail, RoomPage, UserId
+
+router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
+
+RoomIdPath = Annotated[str, Path(description="The room's opaque id.")]
+
+
+@router.post("", status_code=201, response_model=RoomDetail)
+async def create_room(new: NewRoom, user: CurrentUser, engine: DbEngine) -> RoomDetail:
+    """Create a room; you become its owner and the listed users its members."""
+    return await service.create_room(engine, user, new.name, new.members)
+
+
+@router.get("", response_model=RoomPage)
+async def list_rooms(
+    user: CurrentUser,
+    engine: DbEngine,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")] = None,
+) -> RoomPage:
+    """Your rooms, most recent activity first, with unread counts and a stream cursor."""
+    return await service.list_rooms(engine, user, limit, cursor)
+
+
+@router.get("/{room_id}", response_model=RoomDetail)
+async def get_room(room_id: RoomIdPath, user: CurrentUser, engine: DbEngine) -> RoomDetail:
+    """One of your rooms, with its members."""
+    return await service.get_room(engine, parse_room_id(room_id), user)
+
+
+@router.put(
+    "/{room_id}/members/{user_id}",
+    response_model=Member,
+    status_code=201,
+    responses={200: {"model": Member, "description": "Already a member"}},
+)
+async def add_member(
+    room_id: RoomIdPath, user_id: Annotated[UserId, Path()], user: CurrentUser, engine: DbEngine, response: Response
+) -> Member:
+    """Add a member (owner only): 201 when added, 200 when already a member."""
+    member, added = await service.add_member(engine, parse_room_id(room_id), user, user_id)
+    if not added:
+        response.status_code = 200
+    return member
+
+
+@router.delete("/{room_id}/members/{user_id}", status_code=204)
+async def remove_member(
+    room_id: RoomIdPath, user_id: Annotated[UserId, Path()], user: CurrentUser, engine: DbEngine
+) -> Response:
+    """Remove a member (owner), or leave (yourself)."""
+    await service.remove_member(engine, parse_room_id(room_id), user, user_id)
+    return Response(status_code=204)

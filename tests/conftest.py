@@ -1,0 +1,194 @@
+"""Shared fixtures: one migrated database per test session, real HTTP servers, users with tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from chat_api.app import create_app
+from chat_api.auth.tokens import mint_token
+from chat_api.core.config import Settings, load_settings
+from chat_api.core.migrations import migrate
+from tests.pg import admin_database_url
+
+TEST_SECRET = "test-secret-" + "x" * 32
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> Iterator[str]:
+    with admin_database_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def database_url(admin_url: str) -> AsyncIterator[str]:
+    """A fresh database for this session, migrated with the real Alembic migrations."""
+    name = f"chat_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(admin_url, name)
+    try:
+        await migrate(make_settings(url))
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "database_url_file": None,
+        "jwt_secret": TEST_SECRET,
+        "jwt_jwks_url": None,
+        "jwt_issuer": None,
+        "jwt_audience": None,
+        "db_pool_size": 5,
+        "db_pool_max_overflow": 10,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        app = self.server.config.app
+        app.state.draining.set()
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 30)
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
+    """The real app on a real uvicorn (httptools) on a free loopback port, in this event loop."""
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http="httptools", lifespan="on", access_log=False, log_config=None
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    running = RunningServer(url=f"http://127.0.0.1:{port}", server=server, task=task)
+    try:
+        yield running
+    finally:
+        if not task.done():
+            await running.stop()
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def start_server(database_url: str) -> AsyncIterator[ServerFactory]:
+    """Starts servers with extra settings; all are stopped after the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> RunningServer:
+            return await stack.enter_async_context(serve(make_settings(database_url, **overrides)))
+
+        yield start
+
+
+@pytest.fixture(scope="session")
+async def server(settings: Settings) -> AsyncIterator[RunningServer]:
+    async with serve(settings) as running:
+        yield running
+
+
+class User:
+    """A user with a unique id for this test and an HTTP client carrying its token."""
+
+    def __init__(self, name: str, base_url: str) -> None:
+        self.name = name
+        self.token = mint_token(TEST_SECRET, name, 3600)
+        self.http = httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=20
+        )
+
+    async def create_room(self, name: str = "room", members: list[User] | None = None) -> dict[str, Any]:
+        r = await self.http.post("/v1/rooms", json={"name": name, "members": [m.name for m in members or []]})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def send(self, room_id: str, body: str, key: str | None = None, **extra: Any) -> httpx.Response:
+        headers = {"Idempotency-Key": key} if key else {}
+        return await self.http.post(f"/v1/rooms/{room_id}/messages", json={"body": body, **extra}, headers=headers)
+
+
+UserFactory = Callable[[str], User]
+
+
+@pytest.fixture
+async def make_user(server: RunningServer) -> AsyncIterator[UserFactory]:
+    users: list[User] = []
+    tag = uuid.uuid4().hex[:8]
+
+    def make(name: str, base_url: str | None = None) -> User:
+        user = User(f"{name}-{tag}", base_url or server.url)
+        users.append(user)
+        return user
+
+    yield make  # type: ignore[misc]
+    for user in users:
+        await user.http.aclose()
+
+
+@pytest.fixture
+def alice(make_user: UserFactory) -> User:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(make_user: UserFactory) -> User:
+    return make_user("bob")
+
+
+@pytest.fixture
+def carol(make_user: UserFactory) -> User:
+    return make_user("carol")
+
+
+def assert_problem(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+    body = r.json()
+    assert body["status"] == status and body["title"] and body["type"] and "detail" in body, body
+    return dict(body)
