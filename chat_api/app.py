@@ -14,6 +14,9 @@ from chat_api.auth.tokens import TokenVerifier
 from chat_api.core.config import Settings
 from chat_api.core.db import new_engine
 from chat_api.core.errors import install_problem_handlers
+from chat_api.events.hub import Hub
+from chat_api.events.pruner import prune_periodically
+from chat_api.events.router import router as events_router
 from chat_api.health.router import router as health_router
 from chat_api.messages.router import router as messages_router
 from chat_api.rooms.router import router as rooms_router
@@ -28,13 +31,28 @@ MAX_BODY_BYTES = 64 * 1024
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    app.state.engine = new_engine(settings)
+    draining: asyncio.Event = app.state.draining
+    engine = app.state.engine = new_engine(settings)
+    hub = app.state.hub = Hub(settings, engine)
+    hub.start()
+
+    async def end_streams_when_draining() -> None:
+        await draining.wait()
+        hub.end_streams()
+
+    background = [asyncio.create_task(end_streams_when_draining(), name="chat-api drain watcher")]
+    if settings.event_prune_interval_seconds:
+        background.append(asyncio.create_task(prune_periodically(settings, engine), name="chat-api pruner"))
     log.info("chat-api %s started; database %s", chat_api.__version__, settings.database_target().redacted)
     try:
         yield
     finally:
-        app.state.draining.set()
-        await app.state.engine.dispose()
+        draining.set()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await hub.close()
+        await engine.dispose()
         log.info("chat-api stopped")
 
 
@@ -55,4 +73,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(rooms_router)
     app.include_router(messages_router)
+    app.include_router(events_router)
     return app

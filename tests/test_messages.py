@@ -15,7 +15,17 @@ async def test_sent_message_reads_back_identically(alice: User, bob: User) -> No
     r = await alice.send(room["id"], "hello bob ✓")
     assert r.status_code == 201, r.text
     sent = r.json()
-    assert set(sent) == {"id", "room_id", "seq", "sender", "body", "reply_to", "created_at", "edited_at", "deleted"}
+    assert set(sent) == {
+        "id",
+        "room_id",
+        "seq",
+        "sender",
+        "body",
+        "reply_to",
+        "created_at",
+        "edited_at",
+        "deleted",
+    }
     assert sent["body"] == "hello bob ✓" and sent["sender"] == alice.name and sent["room_id"] == room["id"]
     assert sent["deleted"] is False and sent["edited_at"] is None and sent["reply_to"] is None
     assert sent["created_at"].endswith("Z")
@@ -32,11 +42,11 @@ async def test_seq_increases_per_room_and_room_tracks_it(alice: User) -> None:
     assert got["last_message"]["seq"] == seqs[-1] and got["last_message"]["body"] == "m4"
 
 
-async def test_concurrent_senders_get_distinct_seqs_in_commit_order(alice: User, bob: User, database_url: str) -> None:
+async def test_concurrent_senders_get_distinct_seqs_in_commit_order(
+    alice: User, bob: User, database_url: str
+) -> None:
     room = await alice.create_room(members=[bob])
-    results = await asyncio.gather(
-        *[(alice if i % 2 else bob).send(room["id"], f"c{i}") for i in range(40)]
-    )
+    results = await asyncio.gather(*[(alice if i % 2 else bob).send(room["id"], f"c{i}") for i in range(40)])
     assert all(r.status_code == 201 for r in results), [r.text for r in results]
     seqs = sorted(r.json()["seq"] for r in results)
     assert len(set(seqs)) == 40
@@ -44,8 +54,8 @@ async def test_concurrent_senders_get_distinct_seqs_in_commit_order(alice: User,
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
-            "SELECT seq, xid::text::bigint AS xid FROM events WHERE room_id = $1 AND kind = 'message.created' "
-            "ORDER BY seq",
+            "SELECT seq, xid::text::bigint AS xid FROM events "
+            "WHERE room_id = $1 AND kind = 'message.created' ORDER BY seq",
             uuid.UUID(room["id"]),
         )
     finally:
@@ -178,10 +188,17 @@ async def test_edit_own_message(alice: User, bob: User) -> None:
     e = await alice.http.patch(url, json={"body": "fixed"})
     assert e.status_code == 200, e.text
     edited = e.json()
-    assert edited["body"] == "fixed" and edited["edited_at"] and edited["seq"] == m["seq"] and edited["id"] == m["id"]
+    assert (
+        edited["body"] == "fixed"
+        and edited["edited_at"]
+        and edited["seq"] == m["seq"]
+        and edited["id"] == m["id"]
+    )
     assert (await bob.http.get(url)).json() == edited
     assert_problem(await alice.http.patch(url, json={"body": ""}), 422)
-    assert_problem(await alice.http.patch(f"/v1/rooms/{room['id']}/messages/{m['seq'] + 50}", json={"body": "x"}), 404)
+    assert_problem(
+        await alice.http.patch(f"/v1/rooms/{room['id']}/messages/{m['seq'] + 50}", json={"body": "x"}), 404
+    )
 
 
 async def test_delete_leaves_a_tombstone(alice: User, bob: User) -> None:
@@ -190,7 +207,9 @@ async def test_delete_leaves_a_tombstone(alice: User, bob: User) -> None:
     url = f"/v1/rooms/{room['id']}/messages/{m['seq']}"
     assert (await bob.http.delete(url)).status_code == 204
     gone = (await alice.http.get(url)).json()
-    assert gone["deleted"] is True and gone["body"] is None and gone["seq"] == m["seq"] and gone["id"] == m["id"]
+    assert (
+        gone["deleted"] is True and gone["body"] is None and gone["seq"] == m["seq"] and gone["id"] == m["id"]
+    )
     history = (await alice.http.get(f"/v1/rooms/{room['id']}/messages")).json()["items"]
     assert [h["seq"] for h in history] == [m["seq"]] and history[0]["deleted"] is True
     assert_problem(await bob.http.patch(url, json={"body": "resurrect"}), 409)

@@ -24,8 +24,12 @@ async def current_user(
     try:
         user = await verifier.subject(credentials.credentials)
     except InvalidToken as exc:
-        headers = {"WWW-Authenticate": f'Bearer realm="chat-api", error="invalid_token", error_description="{exc}"'}
-        raise Problem(401, f"The bearer token was refused: {exc}.", kind="unauthorized", headers=headers) from None
+        headers = {
+            "WWW-Authenticate": f'Bearer realm="chat-api", error="invalid_token", error_description="{exc}"'
+        }
+        raise Problem(
+            401, f"The bearer token was refused: {exc}.", kind="unauthorized", headers=headers
+        ) from None
     request.state.user = user
     return user
 

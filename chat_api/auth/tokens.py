@@ -57,7 +57,9 @@ class JwksCache:
                 log.warning("cannot fetch the JWKS from %s: %s", self.url, exc)
                 self.fetched_at = time.monotonic()  # back off; keep the keys we had
                 return
-            self.keys = {k.key_id: k for k in key_set.keys if k.key_id and k.algorithm_name in ASYMMETRIC_ALGORITHMS}
+            self.keys = {
+                k.key_id: k for k in key_set.keys if k.key_id and k.algorithm_name in ASYMMETRIC_ALGORITHMS
+            }
             self.fetched_at = time.monotonic()
 
 

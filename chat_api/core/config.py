@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -37,12 +36,34 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535, validation_alias=env("CHAT_API_PORT"))
 
     db_pool_size: int = Field(10, ge=1, le=1000, validation_alias=env("CHAT_API_DB_POOL_SIZE"))
-    db_pool_max_overflow: int = Field(10, ge=0, le=1000, validation_alias=env("CHAT_API_DB_POOL_MAX_OVERFLOW"))
+    db_pool_max_overflow: int = Field(
+        10, ge=0, le=1000, validation_alias=env("CHAT_API_DB_POOL_MAX_OVERFLOW")
+    )
     db_statement_cache: bool = Field(True, validation_alias=env("CHAT_API_DB_STATEMENT_CACHE"))
     # Seconds a request waits for a pooled connection or a statement before it is answered 503.
     db_timeout: float = Field(10.0, gt=0, le=300, validation_alias=env("CHAT_API_DB_TIMEOUT"))
 
+    # A direct (session) connection for LISTEN; needed when DATABASE_URL goes through PgBouncer in
+    # transaction mode. Defaults to the database URL itself.
+    db_listen_url: SecretStr | None = Field(None, validation_alias=env("CHAT_API_DB_LISTEN_URL"))
+
     max_message_chars: int = Field(4000, ge=1, le=60000, validation_alias=env("CHAT_API_MAX_MESSAGE_CHARS"))
+
+    event_retention_seconds: int = Field(
+        7 * 24 * 3600, ge=60, validation_alias=env("CHAT_API_EVENT_RETENTION_SECONDS")
+    )
+    # How often the service prunes the event log (one replica at a time); 0 leaves it to `chat-api prune`.
+    event_prune_interval_seconds: int = Field(
+        600, ge=0, validation_alias=env("CHAT_API_EVENT_PRUNE_INTERVAL_SECONDS")
+    )
+    stream_heartbeat_seconds: float = Field(
+        15.0, gt=0, le=300, validation_alias=env("CHAT_API_STREAM_HEARTBEAT_SECONDS")
+    )
+    stream_max_per_user: int = Field(10, ge=1, le=1000, validation_alias=env("CHAT_API_STREAM_MAX_PER_USER"))
+    # Events queued for one stream before it counts as too slow and is closed (it resumes by cursor).
+    stream_buffer_events: int = Field(
+        1000, ge=10, le=100_000, validation_alias=env("CHAT_API_STREAM_BUFFER_EVENTS")
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=env("CHAT_API_LOG_LEVEL")
@@ -54,7 +75,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "db_listen_url")
     @classmethod
     def _valid_database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
@@ -106,6 +127,12 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return parse_database_url(self.database_url.get_secret_value())
         raise ConfigError("DATABASE_URL (or DATABASE_URL_FILE) is not set")
+
+    def listen_target(self) -> DatabaseTarget:
+        """Where the stream hub LISTENs: a session connection, never through a transaction pooler."""
+        if self.db_listen_url is not None:
+            return parse_database_url(self.db_listen_url.get_secret_value())
+        return self.database_target()
 
 
 class ConfigError(Exception):

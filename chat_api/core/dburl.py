@@ -41,7 +41,9 @@ def parse_database_url(raw: str) -> DatabaseTarget:
         raise DatabaseUrlError(f"not a valid URI ({exc})") from None
     if parts.scheme not in SCHEMES:
         shown = parts.scheme or "(none)"
-        raise DatabaseUrlError(f"scheme must be postgresql://, postgres:// or postgresql+asyncpg://, not {shown}")
+        raise DatabaseUrlError(
+            f"scheme must be postgresql://, postgres:// or postgresql+asyncpg://, not {shown}"
+        )
     if not parts.netloc and "host=" not in parts.query:
         raise DatabaseUrlError("no host in the URI")
     try:

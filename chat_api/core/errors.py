@@ -98,7 +98,10 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     # The database is down, restarting or overloaded: the client may retry (idempotently for sends).
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     return problem_response(
-        503, "The database is unavailable; retry shortly.", kind="database-unavailable", headers={"Retry-After": "1"}
+        503,
+        "The database is unavailable; retry shortly.",
+        kind="database-unavailable",
+        headers={"Retry-After": "1"},
     )
 
 

@@ -9,6 +9,7 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 
 from chat_api.core.config import Settings
 
+HANDLER_NAME = "chat-api-stdout"
 CONSOLE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -24,11 +25,11 @@ def configure_logging(settings: Settings) -> None:
         )
     else:
         handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
     for existing in list(root.handlers):
-        if getattr(existing, "chat_api", False):
+        if existing.get_name() == HANDLER_NAME:  # configuring again replaces ours
             root.removeHandler(existing)
-    handler.chat_api = True  # type: ignore[attr-defined] - marks ours, so reconfiguring replaces it
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     # uvicorn's own loggers go through ours; its access log is replaced by chat_api.access.

@@ -42,7 +42,9 @@ async def send_message(
     settings: AppSettings,
     idempotency_key: Annotated[
         str | None,
-        Header(min_length=1, max_length=200, description="Retry-safe: the same key returns the same message."),
+        Header(
+            min_length=1, max_length=200, description="Retry-safe: the same key returns the same message."
+        ),
     ] = None,
 ) -> Response:
     """Send a message (body up to CHAT_API_MAX_MESSAGE_CHARS characters)."""
@@ -59,8 +61,12 @@ async def history(
     user: CurrentUser,
     engine: DbEngine,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    before: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Newest messages with seq < before")] = None,
-    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Oldest messages with seq > after")] = None,
+    before: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Newest messages with seq < before")
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Oldest messages with seq > after")
+    ] = None,
 ) -> Response:
     """A page of history in ascending seq: the newest, or before / after a seq."""
     if before is not None and after is not None:
@@ -77,7 +83,12 @@ async def get_message(room_id: RoomIdPath, seq: Seq, user: CurrentUser, engine: 
 
 @router.patch("/messages/{seq}", response_model=Message)
 async def edit_message(
-    room_id: RoomIdPath, seq: Seq, edit: MessageEdit, user: CurrentUser, engine: DbEngine, settings: AppSettings
+    room_id: RoomIdPath,
+    seq: Seq,
+    edit: MessageEdit,
+    user: CurrentUser,
+    engine: DbEngine,
+    settings: AppSettings,
 ) -> Response:
     """Edit your own message."""
     _check_length(edit.body, settings)

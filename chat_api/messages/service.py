@@ -184,7 +184,9 @@ async def _explain_unsent(
 ) -> Sent:
     # Off the hot path: find out which condition of _SEND failed. A concurrent retry with the same key
     # waited on the unique index for the first one to commit, so the original is visible here.
-    row = (await conn.execute(_SEND_DIAGNOSIS, {"room_id": room_id, "sender": sender, "key": idempotency_key})).one()
+    row = (
+        await conn.execute(_SEND_DIAGNOSIS, {"room_id": room_id, "sender": sender, "key": idempotency_key})
+    ).one()
     await conn.rollback()
     if not row.member:
         raise not_found("room")

@@ -28,7 +28,9 @@ async def list_rooms(
     user: CurrentUser,
     engine: DbEngine,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    cursor: Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="next_cursor of the previous page")
+    ] = None,
 ) -> RoomPage:
     """Your rooms, most recent activity first, with unread counts and a stream cursor."""
     return await service.list_rooms(engine, user, limit, cursor)
@@ -47,7 +49,11 @@ async def get_room(room_id: RoomIdPath, user: CurrentUser, engine: DbEngine) -> 
     responses={200: {"model": Member, "description": "Already a member"}},
 )
 async def add_member(
-    room_id: RoomIdPath, user_id: Annotated[UserId, Path()], user: CurrentUser, engine: DbEngine, response: Response
+    room_id: RoomIdPath,
+    user_id: Annotated[UserId, Path()],
+    user: CurrentUser,
+    engine: DbEngine,
+    response: Response,
 ) -> Member:
     """Add a member (owner only): 201 when added, 200 when already a member."""
     member, added = await service.add_member(engine, parse_room_id(room_id), user, user_id)

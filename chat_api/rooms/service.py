@@ -139,7 +139,9 @@ async def _member(conn: AsyncConnection, room_id: uuid.UUID, user: str) -> Row[A
     return (await conn.execute(_MEMBER, {"room_id": room_id, "user": user})).first()
 
 
-async def add_member(engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_id: str) -> tuple[Member, bool]:
+async def add_member(
+    engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_id: str
+) -> tuple[Member, bool]:
     """Adds user_id (owner only); returns the member and whether it was added now."""
     async with engine.begin() as conn:
         await log.lock_room(conn, room_id)
@@ -157,10 +159,11 @@ async def add_member(engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_
         )
         member = Member(user_id=user_id, role="member", last_read_seq=0)
         seq = await log.next_seq(conn, room_id)
-        payload = orjson.dumps({"room_id": str(room_id), "seq": seq, "member": member.model_dump(mode="json")})
+        payload = orjson.dumps(
+            {"room_id": str(room_id), "seq": seq, "member": member.model_dump(mode="json")}
+        )
         await log.append(conn, room_id, seq, "member.added", payload.decode(), subject=user_id)
         return member, True
-
 
 
 async def remove_member(engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_id: str) -> None:
@@ -185,5 +188,7 @@ async def remove_member(engine: AsyncEngine, room_id: uuid.UUID, caller: str, us
             raise not_found("member")
         member = Member(user_id=removed.user_id, role=removed.role, last_read_seq=removed.last_read_seq)
         seq = await log.next_seq(conn, room_id)
-        payload = orjson.dumps({"room_id": str(room_id), "seq": seq, "member": member.model_dump(mode="json")})
+        payload = orjson.dumps(
+            {"room_id": str(room_id), "seq": seq, "member": member.model_dump(mode="json")}
+        )
         await log.append(conn, room_id, seq, "member.removed", payload.decode(), subject=user_id)

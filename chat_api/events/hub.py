@@ -1,0 +1,268 @@
+"""The stream hub: one per process. It LISTENs for the doorbell, reads the log once per wake-up,
+and hands each event's frame to the local streams allowed to see it.
+
+Idle streams cost no database work: they wait on their own queue. The hub is the only reader
+of the live log, and it reads in log order, applying membership changes as it meets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat_api.core.config import Settings
+from chat_api.core.db import SERVER_SETTINGS
+from chat_api.events.cursor import Cursor
+from chat_api.events.log import NOTIFY_CHANNEL
+from chat_api.events.reader import EVENT_COLUMNS, HORIZON_SQL, Event
+
+log = logging.getLogger("chat_api.events")
+
+READ_BATCH = 1000
+# Events can be committed but not yet readable (an older transaction is still open). The hub then
+# looks again after a short pause, doubling up to the maximum; a doorbell wakes it at once anyway.
+RETRY_MIN_SECONDS = 0.005
+RETRY_MAX_SECONDS = 1.0
+# With no doorbell at all, look anyway this often (cheap, one query per process, not per stream).
+IDLE_CHECK_SECONDS = 5.0
+RECONNECT_MIN_SECONDS = 0.1
+RECONNECT_MAX_SECONDS = 5.0
+
+_READ = f"""
+SELECT {EVENT_COLUMNS} FROM events e
+WHERE (e.xid, e.id) > ($1::text::xid8, $2) AND e.xid < {HORIZON_SQL}
+ORDER BY e.xid, e.id LIMIT {READ_BATCH}
+"""
+_BLOCKED = f"SELECT EXISTS (SELECT 1 FROM events WHERE xid >= {HORIZON_SQL})"
+_HORIZON = f"SELECT {HORIZON_SQL}::text"
+_ROOMS_OF = text("SELECT room_id FROM members WHERE user_id = :user")
+
+END = None  # queued to a subscription: the stream must end (shutdown, too slow, removed)
+
+
+class Subscription:
+    __slots__ = ("overflowed", "queue", "room_id", "user")
+
+    def __init__(self, user: str, room_id: uuid.UUID | None, buffer: int) -> None:
+        self.user = user
+        self.room_id = room_id
+        self.queue: asyncio.Queue[tuple[Cursor, bytes] | None] = asyncio.Queue(maxsize=buffer)
+        self.overflowed = False
+
+    def offer(self, item: tuple[Cursor, bytes] | None) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            # Too slow to keep up: drop what is queued and end the stream; the client resumes from
+            # the last id it received, so nothing is lost, and memory stays bounded.
+            self.overflowed = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(END)
+
+
+class TooManyStreams(Exception):
+    pass
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+class Hub:
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.head = Cursor(0, 0)  # the last position read from the log
+        self.ready = asyncio.Event()  # head is set: subscriptions may start
+        self.by_user: dict[str, set[Subscription]] = defaultdict(set)
+        self.rooms_of: dict[str, set[uuid.UUID]] = {}  # rooms of each user with an open stream
+        self.users_in: dict[uuid.UUID, set[str]] = defaultdict(set)  # the reverse index
+        self.delivered = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="chat-api event hub")
+
+    def end_streams(self) -> None:
+        """Ends every open stream now and refuses new ones (shutdown: clients resume elsewhere)."""
+        self._closing = True
+        for subscriptions in self.by_user.values():
+            for subscription in subscriptions:
+                subscription.offer(END)
+
+    async def close(self) -> None:
+        self.end_streams()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._disconnect()
+
+    @property
+    def open_streams(self) -> int:
+        return sum(len(s) for s in self.by_user.values())
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    async def subscribe(self, user: str, room_id: uuid.UUID | None) -> tuple[Subscription, Cursor]:
+        """Registers a stream; returns it and the hub's position: every event after that position
+        will be queued to it. Raises TooManyStreams past the per-user limit."""
+        if self._closing:
+            raise ShuttingDown
+        if len(self.by_user.get(user, ())) >= self.settings.stream_max_per_user:
+            raise TooManyStreams
+        await self.ready.wait()
+        while user not in self.rooms_of:
+            before = self.head
+            async with self.engine.connect() as conn:
+                rooms = {row.room_id for row in await conn.execute(_ROOMS_OF, {"user": user})}
+            # Membership changes the hub applied while we read would be lost: read again then.
+            # Changes not yet applied are applied to this set when the hub reaches them.
+            if self.head == before and user not in self.rooms_of:
+                self.rooms_of[user] = rooms
+                for room in rooms:
+                    self.users_in[room].add(user)
+        if len(self.by_user.get(user, ())) >= self.settings.stream_max_per_user:
+            raise TooManyStreams
+        subscription = Subscription(user, room_id, self.settings.stream_buffer_events)
+        self.by_user[user].add(subscription)
+        return subscription, self.head
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        user = subscription.user
+        subscriptions = self.by_user.get(user)
+        if subscriptions is None:
+            return
+        subscriptions.discard(subscription)
+        if not subscriptions:
+            del self.by_user[user]
+            for room in self.rooms_of.pop(user, ()):
+                members = self.users_in.get(room)
+                if members is not None:
+                    members.discard(user)
+                    if not members:
+                        del self.users_in[room]
+
+    # -- fan-out ---------------------------------------------------------------------------------
+
+    def _join(self, user: str, room: uuid.UUID) -> None:
+        rooms = self.rooms_of.get(user)
+        if rooms is not None:
+            rooms.add(room)
+            self.users_in[room].add(user)
+
+    def _leave(self, user: str, room: uuid.UUID) -> None:
+        rooms = self.rooms_of.get(user)
+        if rooms is not None:
+            rooms.discard(room)
+            members = self.users_in.get(room)
+            if members is not None:
+                members.discard(user)
+                if not members:
+                    del self.users_in[room]
+            for subscription in self.by_user.get(user, ()):
+                if subscription.room_id == room:
+                    subscription.offer(END)  # a stream of only this room has nothing left to show
+
+    def dispatch(self, event: Event) -> None:
+        """Applies one event, in log order: membership first for joins, last for leaves."""
+        room = event.room_id
+        if event.kind == "member.added" and event.subject is not None:
+            self._join(event.subject, room)
+        elif event.kind == "room.created":
+            for member in orjson.loads(event.payload)["room"]["members"]:
+                self._join(member["user_id"], room)
+        frame = event.frame()
+        item = (event.position, frame)
+        for user in self.users_in.get(room, ()):
+            for subscription in self.by_user.get(user, ()):
+                if subscription.room_id is None or subscription.room_id == room:
+                    subscription.offer(item)
+                    self.delivered += 1
+        if event.kind == "member.removed" and event.subject is not None:
+            self._leave(event.subject, room)
+
+    # -- reading the log -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = RECONNECT_MIN_SECONDS
+        while not self._closing:
+            try:
+                conn = await self._connect()
+                if not self.ready.is_set():
+                    self.head = Cursor(int(await conn.fetchval(_HORIZON)), 0)
+                    self.ready.set()
+                delay = RECONNECT_MIN_SECONDS
+                # After a reconnect this first catches up from head: the log is the truth, so
+                # nothing committed while the connection was down is missed.
+                await self._follow(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event hub lost its database connection (%s); reconnecting", type(exc).__name__)
+                await self._disconnect()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _follow(self, conn: asyncpg.Connection) -> None:
+        retry = RETRY_MIN_SECONDS
+        while True:
+            self._wake.clear()
+            blocked = await self._catch_up(conn)
+            if blocked:
+                timeout, retry = retry, min(retry * 2, RETRY_MAX_SECONDS)
+            else:
+                timeout, retry = IDLE_CHECK_SECONDS, RETRY_MIN_SECONDS
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _catch_up(self, conn: asyncpg.Connection) -> bool:
+        """Reads and dispatches everything readable after head; True if more is committed or in
+        flight beyond the horizon (so look again soon)."""
+        while True:
+            rows = await conn.fetch(_READ, str(self.head.xid), self.head.id)
+            for row in rows:
+                event = Event.from_row(row)
+                self.dispatch(event)
+                self.head = event.position
+            if len(rows) < READ_BATCH:
+                return bool(await conn.fetchval(_BLOCKED))
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        target = self.settings.listen_target()
+        conn = await asyncpg.connect(**target.connect_kwargs(), server_settings=dict(SERVER_SETTINGS))
+        await conn.add_listener(NOTIFY_CHANNEL, self._ring)
+        conn.add_termination_listener(self._on_terminated)
+        self._conn = conn
+        return conn
+
+    def _ring(self, *args: Any) -> None:
+        self._wake.set()
+
+    def _on_terminated(self, *args: Any) -> None:
+        self._wake.set()  # the next read fails and _run reconnects
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)

@@ -1,0 +1,137 @@
+"""GET /v1/events: the caller's changes as server-sent events, resumable without loss."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import text
+
+from chat_api.auth.dependencies import CurrentUser
+from chat_api.core.config import AppSettings
+from chat_api.core.db import DbEngine
+from chat_api.core.errors import Problem, not_found
+from chat_api.core.wire import parse_room_id
+from chat_api.events.cursor import Cursor, MalformedCursor
+from chat_api.events.hub import END, Hub, ShuttingDown, Subscription, TooManyStreams
+from chat_api.events.reader import check_cursor, replay, reset_frame
+
+router = APIRouter(tags=["events"])
+
+REPLAY_BATCH = 500
+RETRY_ADVICE_MS = 2000
+HEARTBEAT = b": keepalive\n\n"
+_IS_MEMBER = text("SELECT 1 FROM members WHERE room_id = :room_id AND user_id = :user")
+
+STREAM_DOC = """Server-sent events for every change you may see, in log order (per room in increasing
+`seq`). Frames: `id: <cursor>`, `event: <type>`, `data: {"room_id", "seq", "message"|"member"|"room"}`.
+Resume with `Last-Event-ID` (or `?cursor=`, e.g. `stream_cursor` of GET /v1/rooms): missed events are
+replayed, then live. `event: reset` means the cursor is older than the retained log: reload, then
+continue from its id. A comment line is sent as a heartbeat."""
+
+
+@router.get(
+    "/v1/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": STREAM_DOC},
+        400: {"description": "Malformed cursor"},
+        404: {"description": "room_id names no room of yours"},
+        429: {"description": "Too many open streams for this user"},
+    },
+)
+async def events(
+    request: Request,
+    user: CurrentUser,
+    engine: DbEngine,
+    settings: AppSettings,
+    room_id: Annotated[str | None, Query(description="Only this room's events")] = None,
+    cursor: Annotated[str | None, Query(max_length=64, description="Resume after this position")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=64, description="Wins over ?cursor=")] = None,
+) -> StreamingResponse:
+    """Stream your changes (SSE)."""
+    raw = last_event_id or cursor
+    try:
+        start = Cursor.decode(raw) if raw else None
+    except MalformedCursor:
+        raise Problem(
+            400, "cursor: not a stream cursor this service handed out.", kind="malformed-cursor"
+        ) from None
+    room = parse_room_id(room_id) if room_id is not None else None
+    if room is not None:
+        async with engine.connect() as conn:
+            if (await conn.execute(_IS_MEMBER, {"room_id": room, "user": user})).first() is None:
+                raise not_found("room")
+    hub: Hub = request.app.state.hub
+    try:
+        subscription, head = await hub.subscribe(user, room)
+    except TooManyStreams:
+        raise Problem(
+            429,
+            f"At most {settings.stream_max_per_user} open streams per user.",
+            kind="too-many-streams",
+            headers={"Retry-After": "5"},
+        ) from None
+    except ShuttingDown:
+        raise Problem(
+            503,
+            "This instance is shutting down; reconnect.",
+            kind="shutting-down",
+            headers={"Retry-After": "1"},
+        ) from None
+    return StreamingResponse(
+        _stream(hub, engine, subscription, user, room, start, head, settings.stream_heartbeat_seconds),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(
+    hub: Hub,
+    engine: DbEngine,
+    subscription: Subscription,
+    user: str,
+    room: uuid.UUID | None,
+    start: Cursor | None,
+    head: Cursor,
+    heartbeat: float,
+) -> AsyncIterator[bytes]:
+    try:
+        yield f"retry: {RETRY_ADVICE_MS}\n\n".encode()
+        position = head
+        if start is not None:
+            # Replay from the log up to where it holds no more; the hub queued everything after
+            # `head` to us meanwhile, and frames at or before what we sent are skipped below.
+            async with engine.connect() as conn:
+                reset_to = await check_cursor(conn, start)
+            if reset_to is not None:
+                yield reset_frame(reset_to)
+            position = reset_to or start
+            while True:
+                async with engine.connect() as conn:
+                    batch = await replay(conn, user, position, room, REPLAY_BATCH)
+                for event in batch:
+                    yield event.frame()
+                    position = event.position
+                if len(batch) < REPLAY_BATCH:
+                    break
+        queue = subscription.queue
+        while True:
+            try:
+                async with asyncio.timeout(heartbeat):
+                    item = await queue.get()
+            except TimeoutError:
+                yield HEARTBEAT
+                continue
+            if item is END:
+                return
+            item_position, frame = item
+            if item_position > position:
+                position = item_position
+                yield frame
+    finally:
+        hub.unsubscribe(subscription)
