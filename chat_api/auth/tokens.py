@@ -22,7 +22,8 @@ JWKS_MAX_AGE_SECONDS = 3600.0
 
 
 class InvalidToken(Exception):
-    """The token is missing, malformed, unsigned, expired or not for us; the message says which."""
+    """The token is missing, malformed, unsigned, expired or not for us. The message is a short fixed
+    phrase: it goes into the WWW-Authenticate challenge, where quotes are not allowed."""
 
 
 class JwksCache:
@@ -52,7 +53,10 @@ class JwksCache:
                 async with httpx.AsyncClient(timeout=5.0) as client:
                     response = await client.get(self.url)
                     response.raise_for_status()
-                key_set = jwt.PyJWKSet.from_dict(response.json())
+                document = response.json()
+                if not isinstance(document, dict):
+                    raise ValueError("the JWKS document is not a JSON object")
+                key_set = jwt.PyJWKSet.from_dict(document)
             except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
                 log.warning("cannot fetch the JWKS from %s: %s", self.url, exc)
                 self.fetched_at = time.monotonic()  # back off; keep the keys we had
@@ -102,8 +106,18 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("token has expired") from None
-        except jwt.InvalidTokenError as exc:
-            raise InvalidToken(f"token is not valid: {exc}") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("token is not for this service (audience)") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("token is from another issuer") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("token is not valid yet") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"token lacks the {exc.claim} claim") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("token signature does not verify") from None
+        except jwt.InvalidTokenError:
+            raise InvalidToken("token is not valid") from None
         subject = claims["sub"]
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
             raise InvalidToken("token subject is not valid")

@@ -10,7 +10,7 @@ SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
 SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 # Query parameters passed on to asyncpg's own libpq-compatible DSN parser (`host` may name a
 # unix-socket directory, as in libpq).
-PASSED_ON = {"sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "host"}
+PASSED_ON = {"sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "host", "port"}
 # Query parameters the service turns into connect() arguments itself.
 HANDLED_HERE = {"connect_timeout"}
 ALLOWED = PASSED_ON | HANDLED_HERE
@@ -56,6 +56,11 @@ def parse_database_url(raw: str) -> DatabaseTarget:
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)
     seen: dict[str, str] = {}
     for key, value in query:
+        if not key.replace("_", "").isalnum():
+            # Never echo it: this is what an un-encoded `?` inside a password looks like.
+            raise DatabaseUrlError(
+                "the query string is malformed (percent-encode special characters in the password)"
+            )
         if key not in ALLOWED:
             allowed = ", ".join(sorted(ALLOWED))
             raise DatabaseUrlError(f"unsupported query parameter {key!r} (supported: {allowed})")
@@ -79,8 +84,16 @@ def parse_database_url(raw: str) -> DatabaseTarget:
         # libpq: zero or negative means wait forever; anything below 2 s is raised to 2 s.
         timeout = None if timeout <= 0 else max(timeout, 2.0)
 
+    netloc = parts.netloc
+    if "host" in seen:
+        # libpq: a host given as a parameter wins over the URI's. asyncpg would ignore it when the URI
+        # names a host or a port, so move the port to a parameter and keep only the user part.
+        userinfo, at, _ = netloc.rpartition("@")
+        if port is not None:
+            seen.setdefault("port", str(port))
+        netloc = userinfo + at
     rest = urllib.parse.urlencode(list(seen.items()))
-    dsn = urllib.parse.urlunsplit(("postgresql", parts.netloc, parts.path, rest, ""))
+    dsn = f"postgresql://{netloc}{parts.path}" + (f"?{rest}" if rest else "")
     return DatabaseTarget(dsn=dsn, connect_timeout=timeout, redacted=redact(dsn))
 
 
@@ -91,4 +104,5 @@ def redact(uri: str) -> str:
         return uri
     userinfo, _, hostinfo = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
-    return urllib.parse.urlunsplit((parts.scheme, f"{user}:***@{hostinfo}", parts.path, parts.query, ""))
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{user}:***@{hostinfo}{parts.path}{query}"

@@ -13,8 +13,14 @@ HANDLER_NAME = "chat-api-stdout"
 CONSOLE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+def _drop_terminal_colours(record: logging.LogRecord) -> bool:
+    record.__dict__.pop("color_message", None)  # uvicorn's ANSI copy of the message
+    return True
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(_drop_terminal_colours)
     if settings.log_format == "json":
         handler.setFormatter(
             OrjsonFormatter(
@@ -37,3 +43,4 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

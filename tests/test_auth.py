@@ -1,0 +1,420 @@
+"""Bearer-token authentication through real HTTP: HS256, issuer/audience, JWKS (RS256/ES256, caching,
+rotation, algorithm confusion) and the `chat-api token` command."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.server
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+import chat_api.auth.tokens
+from chat_api import cli
+from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, assert_problem
+
+ROOMS = "/v1/rooms"
+ISSUER = "https://issuer.test"
+AUDIENCE = "chat-api"
+
+# RFC 6750 §3: error_description is a quoted-string of %x20-21 / %x23-5B / %x5D-7E (no `"` or `\`).
+AUTH_PARAM = re.compile(r'\s*([A-Za-z_]+)="([\x20\x21\x23-\x5b\x5d-\x7e]*)"\s*(?:,|$)')
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def claims(sub: str | None = None, *, ttl: int = 3600, **extra: Any) -> dict[str, Any]:
+    now = int(time.time())
+    values: dict[str, Any] = {"sub": sub or f"user-{uuid.uuid4().hex[:8]}", "iat": now, "exp": now + ttl}
+    values.update(extra)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def hs256(payload: dict[str, Any], secret: str = TEST_SECRET) -> str:
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def unsigned(payload: dict[str, Any], **headers: Any) -> str:
+    token = jwt.encode(payload, "", algorithm="none", headers=headers or None)
+    assert jwt.get_unverified_header(token)["alg"] == "none"
+    return token
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hmac_token(payload: dict[str, Any], secret: bytes, **headers: Any) -> str:
+    """An HS256 JWT built by hand: PyJWT refuses to use a PEM public key as an HMAC secret."""
+    header = {"alg": "HS256", "typ": "JWT", **headers}
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(signature)}"
+
+
+async def get_rooms(base_url: str, authorization: str | None) -> httpx.Response:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=20) as client:
+        return await client.get(ROOMS, headers=headers)
+
+
+async def assert_accepted(base_url: str, token: str) -> None:
+    r = await get_rooms(base_url, f"Bearer {token}")
+    assert r.status_code == 200, r.text
+
+
+async def assert_refused(base_url: str, authorization: str | None) -> dict[str, Any]:
+    """A 401 problem with a Bearer challenge that never echoes the presented credentials."""
+    r = await get_rooms(base_url, authorization)
+    body = assert_problem(r, 401)
+    challenge = r.headers["www-authenticate"]
+    assert challenge.startswith("Bearer"), challenge
+    if authorization and " " in authorization:
+        credentials = authorization.split(" ", 1)[1]
+        assert credentials not in r.text, r.text
+        assert credentials not in challenge, challenge
+        for part in credentials.split("."):  # not even one segment of a JWT
+            if len(part) >= 16:
+                assert part not in r.text and part not in challenge
+    return body
+
+
+# --- HS256 -----------------------------------------------------------------------------------------
+
+
+async def test_valid_hs256_token_is_accepted(server: RunningServer) -> None:
+    await assert_accepted(server.url, hs256(claims()))
+
+
+async def test_missing_authorization_header_is_refused(server: RunningServer) -> None:
+    await assert_refused(server.url, None)
+
+
+async def test_basic_authorization_is_refused(server: RunningServer) -> None:
+    await assert_refused(server.url, "Basic " + base64.b64encode(b"alice:secret-password").decode())
+
+
+async def test_empty_bearer_is_refused(server: RunningServer) -> None:
+    await assert_refused(server.url, "Bearer")
+
+
+async def test_token_that_is_not_a_jwt_is_refused(server: RunningServer) -> None:
+    await assert_refused(server.url, "Bearer not-a-jwt")
+
+
+async def test_token_signed_with_wrong_secret_is_refused(server: RunningServer) -> None:
+    await assert_refused(server.url, f"Bearer {hs256(claims(), 'another-secret-' + 'y' * 32)}")
+
+
+async def test_expired_token_is_refused(server: RunningServer) -> None:
+    now = int(time.time())
+    body = await assert_refused(server.url, f"Bearer {hs256(claims(iat=now - 7200, exp=now - 3600))}")
+    assert "expired" in body["detail"]
+
+
+async def test_token_expired_within_leeway_is_accepted(server: RunningServer) -> None:
+    now = int(time.time())
+    await assert_accepted(server.url, hs256(claims(iat=now - 600, exp=now - 10)))
+
+
+async def test_token_not_yet_valid_is_refused(server: RunningServer) -> None:
+    await assert_refused(server.url, f"Bearer {hs256(claims(nbf=int(time.time()) + 300))}")
+
+
+async def test_token_without_exp_is_refused(server: RunningServer) -> None:
+    payload = claims()
+    del payload["exp"]
+    await assert_refused(server.url, f"Bearer {hs256(payload)}")
+
+
+async def test_token_without_sub_is_refused(server: RunningServer) -> None:
+    payload = claims()
+    del payload["sub"]
+    await assert_refused(server.url, f"Bearer {hs256(payload)}")
+
+
+async def test_token_with_empty_sub_is_refused(server: RunningServer) -> None:
+    await assert_refused(server.url, f"Bearer {hs256(claims() | {'sub': ''})}")
+
+
+async def test_token_with_non_string_or_overlong_sub_is_refused(server: RunningServer) -> None:
+    await assert_refused(server.url, f"Bearer {hs256(claims() | {'sub': 12345})}")
+    await assert_refused(server.url, f"Bearer {hs256(claims('u' * 256))}")
+
+
+async def test_unsigned_alg_none_token_is_refused(server: RunningServer) -> None:
+    await assert_refused(server.url, f"Bearer {unsigned(claims())}")
+
+
+async def test_refusal_challenge_is_a_well_formed_bearer_challenge(server: RunningServer) -> None:
+    """Every refusal's WWW-Authenticate parses as RFC 6750 auth-params (quoted values without `"`)."""
+    now = int(time.time())
+    no_exp = claims()
+    del no_exp["exp"]
+    cases = [
+        "Bearer not-a-jwt",
+        f"Bearer {hs256(claims(exp=now - 3600))}",
+        f"Bearer {hs256(no_exp)}",  # PyJWT says: Token is missing the "exp" claim
+        f"Bearer {hs256(claims(nbf=now + 300))}",
+    ]
+    for authorization in cases:
+        r = await get_rooms(server.url, authorization)
+        assert r.status_code == 401
+        challenge = r.headers["www-authenticate"]
+        params = challenge.removeprefix("Bearer ")
+        parsed = AUTH_PARAM.findall(params)
+        assert "".join(f'{k}="{v}",' for k, v in parsed).rstrip(",") == re.sub(r",\s+", ",", params), (
+            challenge
+        )
+        assert dict(parsed).get("error") == "invalid_token", challenge
+
+
+# --- issuer and audience ---------------------------------------------------------------------------
+
+
+async def test_issuer_and_audience_are_enforced(start_server: ServerFactory) -> None:
+    app = await start_server(jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
+    await assert_accepted(app.url, hs256(claims(iss=ISSUER, aud=AUDIENCE)))
+    await assert_accepted(app.url, hs256(claims(iss=ISSUER, aud=["other", AUDIENCE])))
+    for payload in [
+        claims(iss="https://evil.test", aud=AUDIENCE),
+        claims(aud=AUDIENCE),  # no iss
+        claims(iss=ISSUER, aud="other-api"),
+        claims(iss=ISSUER),  # no aud
+    ]:
+        await assert_refused(app.url, f"Bearer {hs256(payload)}")
+
+
+# --- JWKS ------------------------------------------------------------------------------------------
+
+
+class JwksServer:
+    """A real HTTP server on loopback, in a thread, serving a JWKS document and counting fetches."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, Any]] = []
+        self.document: Any = None  # when set, served instead of {"keys": keys}
+        self.requests = 0
+        self._lock = threading.Lock()
+        jwks = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with jwks._lock:
+                    jwks.requests += 1
+                    document = jwks.document if jwks.document is not None else {"keys": list(jwks.keys)}
+                    body = json.dumps(document).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/.well-known/jwks.json"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def publish(self, jwk: dict[str, Any]) -> None:
+        with self._lock:
+            self.keys.append(jwk)
+
+    @property
+    def fetches(self) -> int:
+        with self._lock:
+            return self.requests
+
+
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def rsa_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
+    return {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid, "alg": "RS256", "use": "sig"}
+
+
+def ec_jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
+    return {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid, "alg": "ES256", "use": "sig"}
+
+
+def signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str, **extra: Any) -> str:
+    """A fresh token signed by `key` (RS256 for RSA, ES256 for EC) whose header names `kid`."""
+    algorithm = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
+    return jwt.encode(claims(**extra), key, algorithm=algorithm, headers={"kid": kid})
+
+
+@pytest.fixture
+def jwks() -> Iterator[JwksServer]:
+    server = JwksServer()
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+        server.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, Any]:
+    return {"rsa": rsa_key(), "ec": ec_key(), "rsa-new": rsa_key()}
+
+
+@pytest.fixture
+async def jwks_app(start_server: ServerFactory, jwks: JwksServer, keys: dict[str, Any]) -> RunningServer:
+    jwks.publish(rsa_jwk(keys["rsa"], "rsa-1"))
+    jwks.publish(ec_jwk(keys["ec"], "ec-1"))
+    return await start_server(jwt_secret=None, jwt_jwks_url=jwks.url)
+
+
+async def test_jwks_rs256_and_es256_tokens_are_accepted_and_keys_cached(
+    jwks_app: RunningServer, jwks: JwksServer, keys: dict[str, Any]
+) -> None:
+    rs = signed(keys["rsa"], "rsa-1")
+    es = signed(keys["ec"], "ec-1")
+    before = jwks.fetches
+    await assert_accepted(jwks_app.url, rs)
+    assert jwks.fetches == before + 1
+    await assert_accepted(jwks_app.url, es)
+    await assert_accepted(jwks_app.url, rs)
+    await assert_accepted(jwks_app.url, signed(keys["ec"], "ec-1"))
+    assert jwks.fetches == before + 1, "known kids must be served from the cache"
+
+
+async def test_jwks_unknown_kid_refetch_is_rate_limited(
+    jwks_app: RunningServer, jwks: JwksServer, keys: dict[str, Any]
+) -> None:
+    await assert_accepted(jwks_app.url, signed(keys["rsa"], "rsa-1"))
+    fetched = jwks.fetches
+    for i in range(5):  # a flood of unknown kids right after a fetch: no refetch within the 10 s floor
+        forged = signed(keys["rsa-new"], f"unknown-{i}")
+        await assert_refused(jwks_app.url, f"Bearer {forged}")
+    assert jwks.fetches == fetched
+
+
+async def test_jwks_key_rotation_is_picked_up_on_unknown_kid(
+    jwks_app: RunningServer, jwks: JwksServer, keys: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The verifier refetches on an unknown kid at most every JWKS_MIN_REFRESH_SECONDS (10 s). The server
+    # runs in this process and reads the module global on each refresh, so 0 lets this test show
+    # "unknown kid -> refetch -> still unknown -> 401" and then "published -> refetch -> 200" without
+    # sleeping 10 s; the rate limit itself is proven by test_jwks_unknown_kid_refetch_is_rate_limited.
+    monkeypatch.setattr(chat_api.auth.tokens, "JWKS_MIN_REFRESH_SECONDS", 0.0)
+    await assert_accepted(jwks_app.url, signed(keys["rsa"], "rsa-1"))
+    fetched = jwks.fetches
+    rotated = signed(keys["rsa-new"], "rsa-2")
+
+    await assert_refused(jwks_app.url, f"Bearer {rotated}")  # not published yet
+    assert jwks.fetches == fetched + 1, "an unknown kid must trigger a refetch"
+
+    jwks.publish(rsa_jwk(keys["rsa-new"], "rsa-2"))
+    await assert_accepted(jwks_app.url, rotated)
+    assert jwks.fetches == fetched + 2
+    await assert_accepted(jwks_app.url, rotated)
+    await assert_accepted(jwks_app.url, signed(keys["rsa"], "rsa-1"))
+    assert jwks.fetches == fetched + 2, "after the rotation both kids are cached"
+
+
+async def test_jwks_hs256_token_signed_with_public_key_is_refused(
+    jwks_app: RunningServer, keys: dict[str, Any]
+) -> None:
+    """Algorithm confusion: the RSA public key's PEM used as an HMAC secret."""
+    pem = (
+        keys["rsa"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    await assert_refused(jwks_app.url, f"Bearer {hmac_token(claims(), pem, kid='rsa-1')}")
+    await assert_refused(jwks_app.url, f"Bearer {hmac_token(claims(), pem)}")
+    # The same forgery claiming RS256 in its header does not verify either.
+    await assert_refused(jwks_app.url, f"Bearer {hmac_token(claims(), pem, alg='RS256', kid='rsa-1')}")
+
+
+async def test_jwks_unsigned_alg_none_token_is_refused(jwks_app: RunningServer) -> None:
+    await assert_refused(jwks_app.url, f"Bearer {unsigned(claims(), kid='rsa-1')}")
+    await assert_refused(jwks_app.url, f"Bearer {unsigned(claims())}")
+
+
+async def test_jwks_token_whose_alg_does_not_match_its_kid_is_refused(
+    jwks_app: RunningServer, keys: dict[str, Any]
+) -> None:
+    rs_claiming_ec = jwt.encode(claims(), keys["rsa"], algorithm="RS256", headers={"kid": "ec-1"})
+    body = await assert_refused(jwks_app.url, f"Bearer {rs_claiming_ec}")
+    assert "does not match" in body["detail"]
+    es_claiming_rsa = jwt.encode(claims(), keys["ec"], algorithm="ES256", headers={"kid": "rsa-1"})
+    await assert_refused(jwks_app.url, f"Bearer {es_claiming_rsa}")
+
+
+async def test_jwks_token_signed_by_another_key_with_a_known_kid_is_refused(
+    jwks_app: RunningServer, keys: dict[str, Any]
+) -> None:
+    forged = signed(keys["rsa-new"], "rsa-1")
+    await assert_refused(jwks_app.url, f"Bearer {forged}")
+
+
+async def test_jwks_server_refuses_hs256_tokens_signed_with_the_test_secret(jwks_app: RunningServer) -> None:
+    await assert_refused(jwks_app.url, f"Bearer {hs256(claims())}")
+
+
+async def test_jwks_document_that_is_not_an_object_is_a_401_not_a_500(
+    start_server: ServerFactory, jwks: JwksServer, keys: dict[str, Any]
+) -> None:
+    jwks.document = ["not", "a", "key", "set"]
+    app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url)
+    token = signed(keys["rsa"], "rsa-1")
+    await assert_refused(app.url, f"Bearer {token}")
+
+
+# --- chat-api token --------------------------------------------------------------------------------
+
+
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CHAT_API_JWT_SECRET", "CHAT_API_JWT_JWKS_URL", "DATABASE_URL", "DATABASE_URL_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def test_token_command_prints_a_token_the_server_accepts(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env(monkeypatch)
+    monkeypatch.setenv("CHAT_API_JWT_SECRET", TEST_SECRET)
+    assert cli.main(["token", "bob", "--ttl", "60"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and out.count("\n") == 1
+    token = out.strip()
+    decoded = jwt.decode(token, TEST_SECRET, algorithms=["HS256"])
+    assert decoded["sub"] == "bob"
+    assert abs(decoded["exp"] - (time.time() + 60)) <= 5
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    await assert_accepted(server.url, token)
+
+
+def test_token_command_without_secret_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env(monkeypatch)
+    assert cli.main(["token", "bob", "--ttl", "60"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "CHAT_API_JWT_SECRET" in lines[0], captured.err

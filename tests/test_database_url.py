@@ -1,0 +1,321 @@
+"""DATABASE_URL / DATABASE_URL_FILE: the libpq URI parser (chat_api/core/dburl.py), then real connections
+to a private PostgreSQL cluster: awkward passwords, every TLS mode that matters, and password rotation."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from asyncpg import connect_utils
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat_api.core.config import ConfigError, Settings
+from chat_api.core.db import new_engine
+from chat_api.core.dburl import SSL_MODES, DatabaseUrlError, parse_database_url
+from tests.conftest import make_settings
+from tests.pgcluster import ThrowawayCluster, ca_pem, ssl_available
+
+# What CloudNativePG may generate: every character that has a meaning in a URI.
+PASSWORD = "p@ss:w/rd%41?#x"
+ENCODED = urllib.parse.quote(PASSWORD, safe="")  # p%40ss%3Aw%2Frd%2541%3F%23x
+CNPG = f"postgresql://chatapi:{ENCODED}@chat-db-cnpg-rw.product-team:5432/chat"
+HOST = "chat-db-cnpg-rw.product-team"
+EXISTING_FILE = str(Path(__file__).resolve())
+
+
+# -- the parser --------------------------------------------------------------------------------------------
+
+VALID = [
+    # (id, URI, expected query parameters passed on to asyncpg, expected connect timeout)
+    ("cnpg", CNPG, {}, None),
+    ("cnpg-trailing-newline", CNPG + "\n", {}, None),
+    ("postgres-scheme", CNPG.replace("postgresql://", "postgres://"), {}, None),
+    ("asyncpg-scheme", CNPG.replace("postgresql://", "postgresql+asyncpg://"), {}, None),
+    *[(f"sslmode-{m}", f"{CNPG}?sslmode={m}", {"sslmode": m}, None) for m in sorted(SSL_MODES)],
+    (
+        "sslrootcert",
+        f"{CNPG}?sslmode=verify-full&sslrootcert={EXISTING_FILE}",
+        {"sslmode": "verify-full", "sslrootcert": EXISTING_FILE},
+        None,
+    ),
+    ("application-name", f"{CNPG}?application_name=chat-api", {"application_name": "chat-api"}, None),
+    ("connect-timeout-7", f"{CNPG}?connect_timeout=7", {}, 7.0),
+    ("connect-timeout-0-forever", f"{CNPG}?connect_timeout=0", {}, None),
+    ("connect-timeout-negative", f"{CNPG}?connect_timeout=-3", {}, None),
+    (
+        "connect-timeout-1-raised-to-2",
+        f"{CNPG}?connect_timeout=1&sslmode=require",
+        {"sslmode": "require"},
+        2.0,
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "query", "timeout"), [v[1:] for v in VALID], ids=[v[0] for v in VALID])
+def test_valid_uri(raw: str, query: dict[str, str], timeout: float | None) -> None:
+    target = parse_database_url(raw)
+    parts = urllib.parse.urlsplit(target.dsn)
+    assert parts.scheme == "postgresql"
+    assert (parts.username, parts.hostname, parts.port, parts.path) == ("chatapi", HOST, 5432, "/chat")
+    # The password stays percent-encoded in the DSN and decodes to exactly the original (no double decoding).
+    assert urllib.parse.unquote(parts.password or "") == PASSWORD
+    assert dict(urllib.parse.parse_qsl(parts.query)) == query
+    assert target.connect_timeout == timeout
+    kwargs = target.connect_kwargs()
+    assert kwargs["dsn"] == target.dsn
+    assert kwargs.get("timeout") == timeout
+    # redacted: safe to log.
+    assert PASSWORD not in target.redacted and ENCODED not in target.redacted
+    assert target.redacted.startswith(f"postgresql://chatapi:***@{HOST}:5432/chat")
+
+
+def test_unix_socket_host_in_query() -> None:
+    target = parse_database_url(f"postgresql://chatapi:{ENCODED}@/chat?host=/run/postgresql")
+    parts = urllib.parse.urlsplit(target.dsn)
+    assert dict(urllib.parse.parse_qsl(parts.query)) == {"host": "/run/postgresql"}
+    assert urllib.parse.unquote(parts.password or "") == PASSWORD
+    assert "***" in target.redacted and ENCODED not in target.redacted
+
+
+def asyncpg_reads(dsn: str) -> tuple[list[Any], Any]:
+    return connect_utils._parse_connect_dsn_and_args(  # type: ignore[no-any-return]
+        dsn=dsn, host=None, port=None, user=None, password=None, passfile=None, database=None, ssl=None,
+        service=None, servicefile=None, direct_tls=None, server_settings=None, target_session_attrs=None,
+        krbsrvname=None, gsslib=None,
+    )  # fmt: skip
+
+
+def test_asyncpg_reads_the_dsn_like_libpq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The only place we call asyncpg's private DSN parser (asyncpg 0.30-0.32): connect() gives no other way
+    # to see how it decodes the URI we hand over (password, host, port, database, sslmode), short of a
+    # server for every host name. If asyncpg renames it, rewrite this test, not the service.
+    for var in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE", "PGSSLROOTCERT"):
+        monkeypatch.delenv(var, raising=False)
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(ca_pem())
+
+    addrs, params = asyncpg_reads(parse_database_url(f"{CNPG}?sslmode=verify-full&sslrootcert={ca}").dsn)
+    assert addrs == [(HOST, 5432)]
+    assert (params.user, params.password, params.database) == ("chatapi", PASSWORD, "chat")
+    assert params.sslmode == connect_utils.SSLMode.verify_full
+    assert params.ssl.verify_mode == ssl.CERT_REQUIRED and params.ssl.check_hostname
+
+    for mode in sorted(SSL_MODES):
+        _, params = asyncpg_reads(parse_database_url(f"{CNPG}?sslmode={mode}&sslrootcert={ca}").dsn)
+        assert params.sslmode == connect_utils.SSLMode.parse(mode), mode
+
+    _, params = asyncpg_reads(parse_database_url(CNPG).dsn)
+    assert params.sslmode == connect_utils.SSLMode.prefer  # libpq's default too
+
+    addrs, params = asyncpg_reads(parse_database_url(f"postgres://chatapi:{ENCODED}@/chat?host=/run/pg").dsn)
+    assert addrs == ["/run/pg/.s.PGSQL.5432"]
+    assert (params.user, params.password, params.database) == ("chatapi", PASSWORD, "chat")
+
+
+INVALID = [
+    # (id, URI, a part of the expected message)
+    (
+        "statement-cache-size",
+        f"{CNPG}?statement_cache_size=0",
+        "unsupported query parameter 'statement_cache_size'",
+    ),
+    ("unknown-param", f"{CNPG}?foo=1", "unsupported query parameter 'foo'"),
+    ("bad-sslmode", f"{CNPG}?sslmode=verify", "sslmode 'verify' is not one of"),
+    ("empty-sslmode", f"{CNPG}?sslmode=", "sslmode '' is not one of"),
+    ("missing-sslrootcert", f"{CNPG}?sslmode=verify-ca&sslrootcert=/nonexistent/ca.crt", "does not exist"),
+    ("mysql", CNPG.replace("postgresql://", "mysql://"), "scheme must be"),
+    ("no-scheme", CNPG.removeprefix("postgresql://"), "scheme must be"),
+    ("port-not-a-number", CNPG.replace(":5432", ":54x2"), "the port is not a number"),
+    ("port-zero", CNPG.replace(":5432", ":0"), "the port is not valid"),
+    ("timeout-not-a-number", f"{CNPG}?connect_timeout=soon", "connect_timeout must be a whole number"),
+    ("timeout-fraction", f"{CNPG}?connect_timeout=2.5", "connect_timeout must be a whole number"),
+    ("duplicated", f"{CNPG}?sslmode=require&sslmode=disable", "'sslmode' is given twice"),
+    ("no-host", "postgresql:///chat", "no host"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), [v[1:] for v in INVALID], ids=[v[0] for v in INVALID])
+def test_invalid_uri(raw: str, message: str) -> None:
+    with pytest.raises(DatabaseUrlError) as caught:
+        parse_database_url(raw)
+    text_ = str(caught.value)
+    assert message in text_
+    assert "\n" not in text_
+    assert PASSWORD not in text_ and ENCODED not in text_
+
+
+def test_invalid_uri_is_a_config_error_naming_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_settings(f"{CNPG}?foo=1")
+    assert str(caught.value).startswith("database_url: unsupported query parameter 'foo'")
+    assert ENCODED not in str(caught.value)
+
+    secret = tmp_path / "uri"
+    secret.write_text(f"{CNPG}?sslmode=nope")
+    with pytest.raises(ConfigError) as caught:
+        make_settings(None, database_url_file=secret)  # type: ignore[arg-type]
+    assert "database_url_file" in str(caught.value) and "sslmode 'nope'" in str(caught.value)
+    assert ENCODED not in str(caught.value) and PASSWORD not in str(caught.value)
+
+
+# -- real connections ---------------------------------------------------------------------------------------
+
+needs_ssl = pytest.mark.skipif(not ssl_available(), reason="no SSL-enabled PostgreSQL build on this machine")
+
+
+def sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ThrowawayCluster]:
+    with ThrowawayCluster(ssl=ssl_available()) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+async def admin(cluster: ThrowawayCluster) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(cluster.admin_dsn)
+    await conn.execute(f"CREATE ROLE chatapi LOGIN PASSWORD {sql_literal(PASSWORD)}")
+    await conn.execute("CREATE DATABASE chat OWNER chatapi")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def scalar(settings: Settings, sql: str) -> Any:
+    """One query on a new engine (so on a new connection)."""
+    engine = new_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(text(sql))).scalar_one()
+    finally:
+        await engine.dispose()
+
+
+async def test_cnpg_style_uri_connects(cluster: ThrowawayCluster, admin: asyncpg.Connection) -> None:
+    url = cluster.url("chatapi", PASSWORD, "chat")
+    assert ENCODED in url  # the percent-encoded form CloudNativePG writes
+    got = await scalar(make_settings(url), "SELECT current_user || '@' || current_database()")
+    assert got == "chatapi@chat"
+
+
+async def test_wrong_password_fails(cluster: ThrowawayCluster, admin: asyncpg.Connection) -> None:
+    wrong = PASSWORD + "-wrong"
+    with pytest.raises(DBAPIError, match="password authentication failed") as caught:
+        await scalar(make_settings(cluster.url("chatapi", wrong, "chat")), "SELECT 1")
+    assert wrong not in str(caught.value) and urllib.parse.quote(wrong, safe="") not in str(caught.value)
+
+
+async def test_application_name_reaches_the_server(
+    cluster: ThrowawayCluster, admin: asyncpg.Connection
+) -> None:
+    url = cluster.url("chatapi", PASSWORD, "chat", application_name="chat-api-url-test")
+    sql = "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    assert await scalar(make_settings(url), sql) == "chat-api-url-test"
+
+
+@pytest.mark.parametrize("form", ["port-in-netloc", "port-in-query"])
+async def test_unix_socket_on_a_non_default_port(cluster: ThrowawayCluster, form: str) -> None:
+    sock = urllib.parse.quote(str(cluster.socket_dir), safe="")
+    auth = f"postgres:{urllib.parse.quote(cluster.admin_password, safe='')}"
+    if form == "port-in-netloc":
+        url = f"postgresql://{auth}@:{cluster.port}/postgres?host={sock}"
+    else:
+        url = f"postgresql://{auth}@/postgres?host={sock}&port={cluster.port}"
+    # inet_server_addr() is NULL on a unix-socket connection.
+    assert await scalar(make_settings(url), "SELECT inet_server_addr() IS NULL") is True
+
+
+SSL_CASES = [
+    # (id, host, query, ssl expected on the connection)
+    ("require", "127.0.0.1", {"sslmode": "require"}, True),
+    ("disable", "127.0.0.1", {"sslmode": "disable"}, False),
+    ("prefer", "127.0.0.1", {"sslmode": "prefer"}, True),
+    ("verify-full", "localhost", {"sslmode": "verify-full", "sslrootcert": "<ca>"}, True),
+    ("verify-ca", "127.0.0.1", {"sslmode": "verify-ca", "sslrootcert": "<ca>"}, True),
+]
+
+
+@needs_ssl
+@pytest.mark.parametrize(
+    ("host", "query", "expected"), [c[1:] for c in SSL_CASES], ids=[c[0] for c in SSL_CASES]
+)
+async def test_ssl_modes(
+    cluster: ThrowawayCluster, admin: asyncpg.Connection, host: str, query: dict[str, str], expected: bool
+) -> None:
+    query = {k: str(cluster.ca_path) if v == "<ca>" else v for k, v in query.items()}
+    url = cluster.url("chatapi", PASSWORD, "chat", host=host, **query)
+    sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    assert await scalar(make_settings(url), sql) is expected
+
+
+@needs_ssl
+@pytest.mark.parametrize("mode", ["verify-full", "verify-ca"])
+async def test_ssl_verify_with_an_untrusted_ca_fails(
+    cluster: ThrowawayCluster, admin: asyncpg.Connection, tmp_path: Path, mode: str
+) -> None:
+    other_ca = tmp_path / "other-ca.crt"
+    other_ca.write_bytes(ca_pem("some other CA"))
+    url = cluster.url("chatapi", PASSWORD, "chat", host="localhost", sslmode=mode, sslrootcert=str(other_ca))
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+        await scalar(make_settings(url), "SELECT 1")
+
+
+# -- password rotation with DATABASE_URL_FILE ------------------------------------------------------------
+
+
+def replace_file(path: Path, content: str) -> None:
+    """Atomically, as the kubelet swaps a mounted secret."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(content + "\n")
+    os.replace(tmp, path)
+
+
+async def current_user(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        return str((await conn.execute(text("SELECT current_user"))).scalar_one())
+
+
+async def test_rotated_password_in_the_file_is_used_for_new_connections(
+    cluster: ThrowawayCluster, admin: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # Its own role, so the other tests keep chatapi's password whatever the order.
+    role, old, new = "chatapi_rotating", "old:p@ss/w%rd", "new:p@ss/w%rd#2"
+    await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD {sql_literal(old)}")
+    secret = tmp_path / "database-url"
+    replace_file(secret, cluster.url(role, old, "chat"))
+    pool = {"db_pool_size": 1, "db_pool_max_overflow": 1}  # a second connection is always a new one
+    from_file = new_engine(make_settings(None, database_url_file=secret, **pool))  # type: ignore[arg-type]
+    from_env = new_engine(make_settings(cluster.url(role, old, "chat"), **pool))
+    try:
+        async with from_file.connect() as held_file, from_env.connect() as held_env:
+            for held in (held_file, held_env):
+                assert (await held.execute(text("SELECT current_user"))).scalar_one() == role
+
+            await admin.execute(f"ALTER ROLE {role} PASSWORD {sql_literal(new)}")
+            # The file still holds the old password: a new connection fails...
+            with pytest.raises(DBAPIError, match="password authentication failed"):
+                await current_user(from_file)
+            # ...until the secret is rewritten; then the same engine connects with the new one.
+            replace_file(secret, cluster.url(role, new, "chat"))
+            assert await current_user(from_file) == role
+            # DATABASE_URL is fixed at startup: the old password keeps failing (the file really is re-read).
+            with pytest.raises(DBAPIError, match="password authentication failed"):
+                await current_user(from_env)
+            # Connections opened before the rotation are not affected.
+            for held in (held_file, held_env):
+                assert (await held.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await from_file.dispose()
+        await from_env.dispose()
+        await admin.execute(f"DROP ROLE {role}")
