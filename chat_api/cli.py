@@ -1,4 +1,4 @@
-"""The `chat-api` command: dev, serve, migrate, token."""
+"""The `chat-api` command: dev, serve, migrate, prune, token."""
 
 from __future__ import annotations
 
@@ -76,6 +76,29 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from chat_api.core.db import new_engine
+    from chat_api.events.pruner import prune_once
+
+    settings = load_settings()
+    settings.require_database()
+    configure_logging(settings)
+
+    async def run() -> int | None:
+        engine = new_engine(settings)
+        try:
+            return await prune_once(settings, engine)
+        finally:
+            await engine.dispose()
+
+    deleted = asyncio.run(run())
+    if deleted is None:
+        log.info("another process is pruning the event log right now; nothing done")
+    else:
+        log.info("pruned %d events older than %d s", deleted, settings.event_retention_seconds)
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from chat_api.auth.tokens import mint_token
 
@@ -104,6 +127,9 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "migrate", help="upgrade the database schema to head (safe to run twice at once)"
     ).set_defaults(run=cmd_migrate)
+    commands.add_parser(
+        "prune", help="delete events older than CHAT_API_EVENT_RETENTION_SECONDS from the event log"
+    ).set_defaults(run=cmd_prune)
     token = commands.add_parser("token", help="print an HS256 bearer token signed with CHAT_API_JWT_SECRET")
     token.add_argument("sub", help="the user id (the token's subject)")
     token.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default 3600)")

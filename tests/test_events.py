@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import sys
 import uuid
 from collections import defaultdict
 
@@ -347,3 +349,36 @@ def test_a_slow_stream_is_ended_instead_of_buffering_without_bound() -> None:
     assert subscription.queue.get_nowait() is END
     subscription.offer((Cursor(2, 0), b"ignored after overflow"))
     assert subscription.queue.empty()
+
+
+async def test_prune_command_deletes_only_expired_events(
+    database_url: str, alice: User, server: RunningServer
+) -> None:
+    room = await alice.create_room()
+    await alice.send(room["id"], "old")
+    await alice.send(room["id"], "new")
+    db = await asyncpg.connect(database_url)
+    try:
+        await db.execute(
+            "UPDATE events SET created_at = now() - interval '8 days' WHERE room_id = $1 AND seq <= 2",
+            uuid.UUID(room["id"]),
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_API_", "DATABASE_URL"))}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "chat_api",
+            "prune",
+            env={**env, "DATABASE_URL": database_url},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, output
+        assert b"pruned" in output
+        kinds = await db.fetch(
+            "SELECT kind FROM events WHERE room_id = $1 ORDER BY seq", uuid.UUID(room["id"])
+        )
+    finally:
+        await db.close()
+    assert [k["kind"] for k in kinds] == ["message.created"], "the room's two oldest events are gone"

@@ -264,3 +264,24 @@ async def test_read_marker_is_clamped_to_last_seq(alice: User) -> None:
     assert detail["members"][0]["last_read_seq"] == detail["last_seq"]
     assert_problem(await alice.http.post(f"/v1/rooms/{room['id']}/read", json={"seq": -1}), 422)
     assert_problem(await alice.http.post(f"/v1/rooms/{room['id']}/read", json={}), 422)
+
+
+async def test_every_query_path_works_without_prepared_statement_cache(start_server, make_user) -> None:  # type: ignore[no-untyped-def]
+    # CHAT_API_DB_STATEMENT_CACHE=0 is the PgBouncer (CNPG Pooler, transaction mode) setting.
+    running = await start_server(db_statement_cache=False)
+    alice, bob = make_user("alice", running.url), make_user("bob", running.url)
+    room = await alice.create_room(members=[bob])
+    rid = room["id"]
+    sent = (await alice.send(rid, "one", "key-1")).json()
+    assert (await alice.send(rid, "one", "key-1")).status_code == 200
+    assert (
+        await alice.http.patch(f"/v1/rooms/{rid}/messages/{sent['seq']}", json={"body": "1"})
+    ).status_code == 200
+    assert (await bob.http.get(f"/v1/rooms/{rid}/messages", params={"after": 0})).json()["items"][0][
+        "body"
+    ] == "1"
+    assert (await bob.http.post(f"/v1/rooms/{rid}/read", json={"seq": sent["seq"]})).status_code == 204
+    assert (await alice.http.delete(f"/v1/rooms/{rid}/messages/{sent['seq']}")).status_code == 204
+    assert (await alice.http.put(f"/v1/rooms/{rid}/members/carol")).status_code == 201
+    assert (await alice.http.delete(f"/v1/rooms/{rid}/members/carol")).status_code == 204
+    assert (await bob.http.get("/v1/rooms")).json()["items"][0]["id"] == rid
