@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def run_dev() -> int:
     directory = data_dir()
     directory.mkdir(parents=True, exist_ok=True)
     secret = os.environ.get("CHAT_API_JWT_SECRET") or dev_secret(directory)
+    # uvicorn re-raises SIGTERM after draining; make that a SystemExit so the embedded server is
+    # stopped below instead of left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"chat-api dev: starting the embedded PostgreSQL in {directory} ...", file=sys.stderr)
     server, uri = start_embedded_postgres(directory)
     try:
