@@ -1,0 +1,215 @@
+"""Schema migrations: `chat-api migrate` twice at once (the advisory lock), models == migrations, and a
+full downgrade / upgrade round trip. Each test has its own throwaway database (chat_test_cli_*)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, text
+
+import chat_api.events.models
+import chat_api.messages.models
+import chat_api.rooms.models  # noqa: F401 - registers the tables on Base.metadata
+from chat_api.core.db import Base, new_engine
+from chat_api.core.migrations import MIGRATION_LOCK_KEY, alembic_config, head_revision, migrate
+from tests.conftest import make_settings, with_database
+
+TABLES = {"rooms", "members", "messages", "events", "event_log_state"}
+COMMAND_TIMEOUT = 60
+
+
+def cli_env(database_url: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "DATABASE_URL_FILE") and not k.startswith("CHAT_API_")
+    }
+    env.update(DATABASE_URL=database_url, CHAT_API_LOG_FORMAT="console")
+    return env
+
+
+async def start_migrate(env: dict[str, str], out: Path) -> asyncio.subprocess.Process:
+    with out.open("wb") as sink:  # the child keeps its own copy of the descriptor
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "chat_api",
+            "migrate",
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+@pytest.fixture
+async def fresh_url(admin_url: str) -> AsyncIterator[str]:
+    """An empty database of our own, dropped afterwards."""
+    name = f"chat_test_cli_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield with_database(admin_url, name)
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def waiting_for_lock(conn: asyncpg.Connection) -> int:
+    """Sessions of this database queued on the migration lock (a bigint key: classid/objid halves)."""
+    return int(
+        await conn.fetchval(
+            """SELECT count(*) FROM pg_locks
+               WHERE locktype = 'advisory' AND NOT granted AND database = (
+                   SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1""",
+            MIGRATION_LOCK_KEY >> 32,
+            MIGRATION_LOCK_KEY & 0xFFFFFFFF,
+        )
+    )
+
+
+async def test_two_migrates_at_once_one_upgrades_the_other_waits(fresh_url: str, tmp_path: Path) -> None:
+    env = cli_env(fresh_url)
+    holder = await asyncpg.connect(fresh_url)
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        # Hold the lock ourselves so both processes are certainly queued on it at the same time.
+        await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        outs = [tmp_path / "migrate-a.log", tmp_path / "migrate-b.log"]
+        procs = list(await asyncio.gather(*(start_migrate(env, out) for out in outs)))
+        deadline = time.monotonic() + 30
+        while await waiting_for_lock(holder) < 2:
+            assert all(p.returncode is None for p in procs), [out.read_text() for out in outs]
+            assert time.monotonic() < deadline, "the two migrate processes never both waited for the lock"
+            await asyncio.sleep(0.05)
+        await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        codes = [await asyncio.wait_for(p.wait(), COMMAND_TIMEOUT) for p in procs]
+        logs = [out.read_text() for out in outs]
+        assert codes == [0, 0], logs
+        upgraded = ["Running upgrade" in log for log in logs]
+        assert sorted(upgraded) == [False, True], logs
+        assert all("database schema is at the head revision" in log for log in logs), logs
+
+        revision = await holder.fetchval("SELECT version_num FROM alembic_version")
+        assert revision == head_revision() and revision is not None
+        assert await holder.fetchval("SELECT count(*) FROM alembic_version") == 1
+
+        # Later, once more: nothing to do.
+        later = tmp_path / "migrate-later.log"
+        procs.append(await start_migrate(env, later))
+        assert await asyncio.wait_for(procs[-1].wait(), COMMAND_TIMEOUT) == 0, later.read_text()
+        assert "Running upgrade" not in later.read_text()
+        assert "database schema is at the head revision" in later.read_text()
+        assert await holder.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+    finally:
+        for proc in procs:
+            await kill(proc)
+        await holder.close()
+
+
+def schema_diff(connection: Connection, *, server_defaults: bool = False) -> list[Any]:
+    context = MigrationContext.configure(connection, opts={"compare_server_default": server_defaults})
+    with warnings.catch_warnings():
+        # SQLAlchemy reflects xid8 as NullType, so Alembic skips those two columns' types;
+        # test_models_match_the_migrations checks them itself.
+        warnings.filterwarnings("ignore", "Did not recognize type 'xid8'")
+        return list(compare_metadata(context, Base.metadata))
+
+
+def column_types(connection: Connection) -> dict[str, str]:
+    rows = connection.execute(
+        text("SELECT table_name || '.' || column_name, udt_name FROM information_schema.columns")
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+async def test_models_match_the_migrations(fresh_url: str) -> None:
+    settings = make_settings(fresh_url)
+    await migrate(settings)
+    engine = new_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(schema_diff)
+            with_defaults = await conn.run_sync(lambda c: schema_diff(c, server_defaults=True))
+            types = await conn.run_sync(column_types)
+    finally:
+        await engine.dispose()
+    assert diff == []
+    assert with_defaults == []  # stricter than autogenerate's default: server defaults agree too
+    for column in ("events.xid", "event_log_state.pruned_xid"):
+        assert types[column] == "xid8"
+        table, name = column.split(".")
+        assert Base.metadata.tables[table].c[name].type.compile() == "xid8"
+
+
+def table_names(connection: Connection) -> set[str]:
+    rows = connection.execute(
+        text("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+    )
+    return {row[0] for row in rows}
+
+
+def scalar(connection: Connection, sql: str) -> Any:
+    return connection.execute(text(sql)).scalar()
+
+
+def round_trip(connection: Connection) -> dict[str, Any]:
+    """downgrade base, then upgrade head, the way chat_api.core.migrations hands Alembic a connection."""
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    seen: dict[str, Any] = {}
+    command.downgrade(config, "base")
+    connection.commit()
+    seen["after_downgrade_tables"] = table_names(connection)
+    seen["after_downgrade_versions"] = scalar(connection, "SELECT count(*) FROM alembic_version")
+    # The comparison is not vacuous: on the empty schema it wants every table back.
+    seen["after_downgrade_diff"] = schema_diff(connection)
+    command.upgrade(config, "head")
+    connection.commit()
+    seen["after_upgrade_tables"] = table_names(connection)
+    seen["after_upgrade_version"] = scalar(connection, "SELECT version_num FROM alembic_version")
+    seen["after_upgrade_diff"] = schema_diff(connection)
+    seen["event_log_state_rows"] = scalar(connection, "SELECT count(*) FROM event_log_state")
+    return seen
+
+
+async def test_downgrade_to_base_and_upgrade_again(fresh_url: str) -> None:
+    settings = make_settings(fresh_url)
+    await migrate(settings)
+    engine = new_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            seen = await conn.run_sync(round_trip)
+    finally:
+        await engine.dispose()
+    assert seen["after_downgrade_tables"] & TABLES == set(), seen
+    assert seen["after_downgrade_versions"] == 0, seen
+    added = {diff[1].name for diff in seen["after_downgrade_diff"] if diff[0] == "add_table"}
+    assert added == TABLES, seen
+    assert seen["after_upgrade_tables"] >= TABLES | {"alembic_version"}, seen
+    assert seen["after_upgrade_version"] == head_revision(), seen
+    assert seen["after_upgrade_diff"] == [], seen
+    assert seen["event_log_state_rows"] == 1, seen
