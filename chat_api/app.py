@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 import chat_api
 from chat_api.auth.tokens import TokenVerifier
+from chat_api.core.access import AccessLog
 from chat_api.core.bodylimit import BodySizeLimit
 from chat_api.core.config import Settings
 from chat_api.core.db import new_engine
 from chat_api.core.errors import install_problem_handlers
+from chat_api.core.telemetry import Metrics, Telemetry
 from chat_api.events.hub import Hub
 from chat_api.events.pruner import prune_periodically
 from chat_api.events.router import router as events_router
@@ -27,14 +30,20 @@ log = logging.getLogger("chat_api")
 # Bodies are capped before they are read whole (Content-Length checked up front, chunked bodies
 # counted as they arrive): a chat request never needs more.
 MAX_BODY_BYTES = 64 * 1024
+UNTRACED_PATHS = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     draining: asyncio.Event = app.state.draining
+    telemetry: Telemetry = app.state.telemetry
+    telemetry.start()
     engine = app.state.engine = new_engine(settings)
-    hub = app.state.hub = Hub(settings, engine)
+    hub = app.state.hub = Hub(settings, engine, telemetry.tracer)
+    app.state.metrics = Metrics(telemetry.meter, lambda: hub.open_streams, lambda: hub.delivered, engine.pool)
     hub.start()
 
     async def end_streams_when_draining() -> None:
@@ -55,22 +64,43 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.close()
         await engine.dispose()
         log.info("chat-api stopped")
+        telemetry.shutdown()
+
+
+def _not_traced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in UNTRACED_PATHS
 
 
 def create_app(settings: Settings) -> FastAPI:
     settings.require_database()
+    telemetry = Telemetry()
     app = FastAPI(
         title="chat-api",
         version=chat_api.__version__,
         summary="Rooms, messages and a lossless event stream over HTTP.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry support makes the server span per request (W3C trace context
+        # from the request's headers, `http.route`) and the request-duration histogram, with the
+        # providers the lifespan starts. Probes and docs are not traced.
+        telemetry={
+            "tracing": telemetry.enabled,
+            "metrics": telemetry.enabled,
+            "logs": False,  # errors are logged by our handlers, and reach OTLP through logging
+            "operation_spans": False,
+            "auto_configure": False,
+            "tracer_provider": telemetry.tracer_provider,
+            "meter_provider": telemetry.meter_provider,
+            "exclude": _not_traced,
+        },
     )
     app.state.settings = settings
+    app.state.telemetry = telemetry
     app.state.verifier = TokenVerifier(settings)
     # Set once shutdown begins: /readyz answers 503 and open streams end.
     app.state.draining = asyncio.Event()
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(AccessLog)
     app.include_router(health_router)
     app.include_router(rooms_router)
     app.include_router(messages_router)

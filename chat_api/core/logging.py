@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from opentelemetry import trace
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 from chat_api.core.config import Settings
@@ -18,9 +19,19 @@ def _drop_terminal_colours(record: logging.LogRecord) -> bool:
     return True
 
 
+def _add_trace_context(record: logging.LogRecord) -> bool:
+    # Inside a request (or any span) the line carries the ids that find its trace, and vice versa.
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        record.trace_id = format(context.trace_id, "032x")
+        record.span_id = format(context.span_id, "016x")
+    return True
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(_drop_terminal_colours)
+    handler.addFilter(_add_trace_context)
     if settings.log_format == "json":
         handler.setFormatter(
             OrjsonFormatter(

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import defaultdict
 from typing import Any
 
 import asyncpg
 import orjson
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.trace import NoOpTracer, Tracer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -81,9 +84,10 @@ class ShuttingDown(Exception):
 
 
 class Hub:
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    def __init__(self, settings: Settings, engine: AsyncEngine, tracer: Tracer | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        self.tracer = tracer or NoOpTracer()
         self.head = Cursor(0, 0)  # the last position read from the log
         self.ready = asyncio.Event()  # head is set: subscriptions may start
         self.by_user: dict[str, set[Subscription]] = defaultdict(set)
@@ -207,7 +211,8 @@ class Hub:
             try:
                 conn = await self._connect()
                 if not self.ready.is_set():
-                    self.head = Cursor(int(await conn.fetchval(_HORIZON)), 0)
+                    with suppress_instrumentation():
+                        self.head = Cursor(int(await conn.fetchval(_HORIZON)), 0)
                     self.ready.set()
                 delay = RECONNECT_MIN_SECONDS
                 # After a reconnect this first catches up from head: the log is the truth, so
@@ -237,20 +242,37 @@ class Hub:
         """Reads and dispatches everything readable after head; True if more is committed or in
         flight beyond the horizon (so look again soon)."""
         while True:
-            rows = await conn.fetch(_READ, str(self.head.xid), self.head.id)
-            for row in rows:
-                event = Event.from_row(row)
-                self.dispatch(event)
-                self.head = event.position
+            # The hub's own reads make no spans (an idle hub would trace every few seconds); a
+            # wake-up that found events gets one span around reading and fanning them out.
+            started = time.perf_counter()
+            with suppress_instrumentation():
+                rows = await conn.fetch(_READ, str(self.head.xid), self.head.id)
+            if rows:
+                with self.tracer.start_as_current_span("chat.events.fan_out") as span:
+                    before = self.delivered
+                    for row in rows:
+                        event = Event.from_row(row)
+                        self.dispatch(event)
+                        self.head = event.position
+                    span.set_attributes(
+                        {
+                            "chat.events": len(rows),
+                            "chat.deliveries": self.delivered - before,
+                            "chat.streams.open": self.open_streams,
+                            "chat.read_ms": round((time.perf_counter() - started) * 1000, 3),
+                        }
+                    )
             if len(rows) < READ_BATCH:
-                return bool(await conn.fetchval(_BLOCKED))
+                with suppress_instrumentation():
+                    return bool(await conn.fetchval(_BLOCKED))
 
     async def _connect(self) -> asyncpg.Connection:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         target = self.settings.listen_target()
-        conn = await asyncpg.connect(**target.connect_kwargs(), server_settings=dict(SERVER_SETTINGS))
-        await conn.add_listener(NOTIFY_CHANNEL, self._ring)
+        with suppress_instrumentation():
+            conn = await asyncpg.connect(**target.connect_kwargs(), server_settings=dict(SERVER_SETTINGS))
+            await conn.add_listener(NOTIFY_CHANNEL, self._ring)
         conn.add_termination_listener(self._on_terminated)
         self._conn = conn
         return conn

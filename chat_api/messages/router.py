@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
@@ -35,6 +35,7 @@ def _check_length(body: str, settings: AppSettings) -> None:
     responses={200: {"model": Message, "description": "Replay of an earlier request with the same key"}},
 )
 async def send_message(
+    request: Request,
     room_id: RoomIdPath,
     new: NewMessage,
     user: CurrentUser,
@@ -52,6 +53,7 @@ async def send_message(
     sent = await service.send(engine, parse_room_id(room_id), user, new.body, new.reply_to, idempotency_key)
     if sent.replayed:
         return Response(sent.json, status_code=200, media_type=JSON, headers={"Idempotent-Replayed": "true"})
+    request.app.state.metrics.messages_sent.add(1)
     return Response(sent.json, status_code=201, media_type=JSON)
 
 
