@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import text
+from starlette.types import Receive, Scope, Send
 
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
@@ -83,15 +84,33 @@ async def events(
             kind="shutting-down",
             headers={"Retry-After": "1"},
         ) from None
-    return StreamingResponse(
-        _stream(hub, engine, subscription, user, room, start, head, settings.stream_heartbeat_seconds),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return EventStreamResponse(
+        _stream(engine, subscription, user, room, start, head, settings.stream_heartbeat_seconds),
+        on_close=lambda: hub.unsubscribe(subscription),
     )
 
 
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that releases its subscription however it ends, including when the client
+    is gone before the first byte (the body generator then never starts, so its own cleanup
+    would never run)."""
+
+    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        super().__init__(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
 async def _stream(
-    hub: Hub,
     engine: DbEngine,
     subscription: Subscription,
     user: str,
@@ -100,38 +119,35 @@ async def _stream(
     head: Cursor,
     heartbeat: float,
 ) -> AsyncIterator[bytes]:
-    try:
-        yield f"retry: {RETRY_ADVICE_MS}\n\n".encode()
-        position = head
-        if start is not None:
-            # Replay from the log up to where it holds no more; the hub queued everything after
-            # `head` to us meanwhile, and frames at or before what we sent are skipped below.
-            async with engine.connect() as conn:
-                reset_to = await check_cursor(conn, start)
-            if reset_to is not None:
-                yield reset_frame(reset_to)
-            position = reset_to or start
-            while True:
-                async with engine.connect() as conn:
-                    batch = await replay(conn, user, position, room, REPLAY_BATCH)
-                for event in batch:
-                    yield event.frame()
-                    position = event.position
-                if len(batch) < REPLAY_BATCH:
-                    break
-        queue = subscription.queue
+    yield f"retry: {RETRY_ADVICE_MS}\n\n".encode()
+    position = head
+    if start is not None:
+        # Replay from the log up to where it holds no more; the hub queued everything after
+        # `head` to us meanwhile, and frames at or before what we sent are skipped below.
+        async with engine.connect() as conn:
+            reset_to = await check_cursor(conn, start)
+        if reset_to is not None:
+            yield reset_frame(reset_to)
+        position = reset_to or start
         while True:
-            try:
-                async with asyncio.timeout(heartbeat):
-                    item = await queue.get()
-            except TimeoutError:
-                yield HEARTBEAT
-                continue
-            if item is END:
-                return
-            item_position, frame = item
-            if item_position > position:
-                position = item_position
-                yield frame
-    finally:
-        hub.unsubscribe(subscription)
+            async with engine.connect() as conn:
+                batch = await replay(conn, user, position, room, REPLAY_BATCH)
+            for event in batch:
+                yield event.frame()
+                position = event.position
+            if len(batch) < REPLAY_BATCH:
+                break
+    queue = subscription.queue
+    while True:
+        try:
+            async with asyncio.timeout(heartbeat):
+                item = await queue.get()
+        except TimeoutError:
+            yield HEARTBEAT
+            continue
+        if item is END:
+            return
+        item_position, frame = item
+        if item_position > position:
+            position = item_position
+            yield frame
