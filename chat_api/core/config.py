@@ -167,7 +167,8 @@ def describe(exc: ValidationError) -> str:
     return f"{name}: {message}" + (f" (and {more} more)" if more else "")
 
 
-def _settings(request: Request) -> Settings:
+# async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

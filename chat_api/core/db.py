@@ -69,7 +69,8 @@ def new_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-def _engine(request: Request) -> AsyncEngine:
+# async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.
+async def _engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
 
