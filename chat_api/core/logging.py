@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from opentelemetry import trace
 from pythonjsonlogger.orjson import OrjsonFormatter
@@ -19,27 +20,33 @@ def _drop_terminal_colours(record: logging.LogRecord) -> bool:
     return True
 
 
-def _add_trace_context(record: logging.LogRecord) -> bool:
-    # Inside a request (or any span) the line carries the ids that find its trace, and vice versa.
-    context = trace.get_current_span().get_span_context()
-    if context.is_valid:
-        record.trace_id = format(context.trace_id, "032x")
-        record.span_id = format(context.span_id, "016x")
-    return True
+class JsonLines(OrjsonFormatter):
+    """One JSON object per line. Inside a request (or any span) the line carries the ids that find
+    its trace. They are added to the line only, not to the record: the OTLP handler sends the
+    record with its real trace context already."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",  # ISO 8601 in UTC
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            log_data["trace_id"] = format(context.trace_id, "032x")
+            log_data["span_id"] = format(context.span_id, "016x")
 
 
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(_drop_terminal_colours)
-    handler.addFilter(_add_trace_context)
     if settings.log_format == "json":
-        handler.setFormatter(
-            OrjsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                timestamp=False,
-            )
-        )
+        handler.setFormatter(JsonLines())
     else:
         handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
     handler.set_name(HANDLER_NAME)

@@ -46,14 +46,21 @@ def _protocol(signal: str) -> str:
     return protocol
 
 
-def _endpoint_configured(signal: str) -> bool:
+SIGNALS = ("TRACES", "LOGS", "METRICS")
+
+
+def signal_enabled(signal: str) -> bool:
+    """A signal is exported when an endpoint is set for it (or for all) and its
+    OTEL_<SIGNAL>_EXPORTER is not `none`."""
+    if (_env("OTEL_SDK_DISABLED") or "false").lower() == "true":
+        return False
+    if (_env(f"OTEL_{signal}_EXPORTER") or "otlp").lower() == "none":
+        return False
     return bool(_env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or _env("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
 def enabled() -> bool:
-    if (_env("OTEL_SDK_DISABLED") or "false").lower() == "true":
-        return False
-    return any(_endpoint_configured(signal) for signal in ("TRACES", "LOGS", "METRICS"))
+    return any(signal_enabled(signal) for signal in SIGNALS)
 
 
 def resource() -> Resource:
@@ -132,15 +139,16 @@ class Telemetry:
         if not self.enabled or self._sdk is not None:
             return
         res = resource()
-        tracer_provider = TracerProvider(resource=res)
         # Queue sizes and delays come from OTEL_BSP_* / OTEL_BLRP_* / OTEL_METRIC_EXPORT_*; the
         # queues are bounded, so a dead collector costs dropped telemetry, never memory or latency.
-        tracer_provider.add_span_processor(BatchSpanProcessor(_exporter("TRACES")))
+        tracer_provider = TracerProvider(resource=res)
+        if signal_enabled("TRACES"):
+            tracer_provider.add_span_processor(BatchSpanProcessor(_exporter("TRACES")))
         logger_provider = LoggerProvider(resource=res)
-        logger_provider.add_log_record_processor(BatchLogRecordProcessor(_exporter("LOGS")))
-        meter_provider = SdkMeterProvider(
-            resource=res, metric_readers=[PeriodicExportingMetricReader(_exporter("METRICS"))]
-        )
+        if signal_enabled("LOGS"):
+            logger_provider.add_log_record_processor(BatchLogRecordProcessor(_exporter("LOGS")))
+        readers = [PeriodicExportingMetricReader(_exporter("METRICS"))] if signal_enabled("METRICS") else []
+        meter_provider = SdkMeterProvider(resource=res, metric_readers=readers)
         self._sdk = (tracer_provider, meter_provider, logger_provider)
         self.tracer_provider.target = tracer_provider
         self.meter_provider.target = meter_provider
