@@ -105,4 +105,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(rooms_router)
     app.include_router(messages_router)
     app.include_router(events_router)
+    if settings.web_client:
+        from chat_api.web.router import install_web_client
+
+        install_web_client(app)
     return app

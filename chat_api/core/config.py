@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     )
     log_format: Literal["json", "console"] = Field("json", validation_alias=env("CHAT_API_LOG_FORMAT"))
 
+    # The browser client at / (chat_api/web); `chat-api dev` turns it on.
+    web_client: bool = Field(False, validation_alias=env("CHAT_API_WEB_CLIENT"))
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:

@@ -57,6 +57,8 @@ def new_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=settings.db_timeout,
         pool_pre_ping=False,
         pool_recycle=1800,
+        # Errors must not carry statement parameters (message bodies) into logs and telemetry.
+        hide_parameters=True,
         connect_args=connect_args(settings),
     )
 

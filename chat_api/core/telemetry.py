@@ -7,9 +7,10 @@ background threads send in batches; a collector that is down or slow only drops 
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -141,14 +142,14 @@ class Telemetry:
         res = resource()
         # Queue sizes and delays come from OTEL_BSP_* / OTEL_BLRP_* / OTEL_METRIC_EXPORT_*; the
         # queues are bounded, so a dead collector costs dropped telemetry, never memory or latency.
-        tracer_provider = TracerProvider(resource=res)
+        tracer_provider = TracerProvider(resource=res, shutdown_on_exit=False)
         if signal_enabled("TRACES"):
             tracer_provider.add_span_processor(BatchSpanProcessor(_exporter("TRACES")))
-        logger_provider = LoggerProvider(resource=res)
+        logger_provider = LoggerProvider(resource=res, shutdown_on_exit=False)
         if signal_enabled("LOGS"):
             logger_provider.add_log_record_processor(BatchLogRecordProcessor(_exporter("LOGS")))
         readers = [PeriodicExportingMetricReader(_exporter("METRICS"))] if signal_enabled("METRICS") else []
-        meter_provider = SdkMeterProvider(resource=res, metric_readers=readers)
+        meter_provider = SdkMeterProvider(resource=res, metric_readers=readers, shutdown_on_exit=False)
         self._sdk = (tracer_provider, meter_provider, logger_provider)
         self.tracer_provider.target = tracer_provider
         self.meter_provider.target = meter_provider
@@ -173,14 +174,21 @@ class Telemetry:
         providers, self._sdk = self._sdk, None
         self.tracer_provider.target = NoOpTracerProvider()
         self.meter_provider.target = NoOpMeterProvider()
-        pool = concurrent.futures.ThreadPoolExecutor(len(providers), thread_name_prefix="otel-shutdown")
-        futures = [pool.submit(provider.shutdown) for provider in providers]
-        _, pending = concurrent.futures.wait(futures, timeout=SHUTDOWN_SECONDS)
-        if pending:
+        # Daemon threads joined against one deadline: an exporter stuck on a dead collector is
+        # abandoned at the deadline and cannot keep the process alive after it.
+        threads = [
+            threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+            for provider in providers
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):
             log.warning(
                 "telemetry export did not finish within %.0f s; the rest is dropped", SHUTDOWN_SECONDS
             )
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Metrics:

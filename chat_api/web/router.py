@@ -1,0 +1,117 @@
+"""Routes of the web client: the page at `/`, its assets under `/web/`, and `/v1/session`, which turns
+the page's bearer token into the stream cookie (see cookie.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import jwt
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel
+from starlette.datastructures import MutableHeaders
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chat_api.auth.dependencies import CurrentUser, bearer
+from chat_api.web.cookie import COOKIE_PATH, SESSION_PARAM, cookie_name, session_id
+
+STATIC_DIR = Path(__file__).parent / "static"
+ASSETS_PATH = "/web"
+
+# Everything comes from this origin: no inline script or style, no plug-ins, no framing.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",  # revalidate: a new release's files are seen at once
+}
+
+router = APIRouter(tags=["web client"])
+
+
+class StreamSession(BaseModel):
+    user: str
+    stream_session: str
+    events_url: str
+
+
+@router.post("/v1/session", response_model=StreamSession)
+async def open_session(
+    request: Request,
+    user: CurrentUser,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    response: Response,
+) -> StreamSession:
+    """Sets the HttpOnly stream cookie for `GET /v1/events?session=…` (browsers' EventSource cannot
+    send an Authorization header). Only present when the web client is enabled."""
+    assert credentials is not None  # CurrentUser has verified it (the cookie is never accepted here)
+    token = credentials.credentials
+    expires = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    max_age = max(0, int(expires - time.time())) if isinstance(expires, int | float) else None
+    session = session_id(user)
+    response.set_cookie(
+        cookie_name(session),
+        token,
+        max_age=max_age,
+        path=COOKIE_PATH,
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return StreamSession(
+        user=user, stream_session=session, events_url=f"{COOKIE_PATH}?{SESSION_PARAM}={session}"
+    )
+
+
+@router.delete("/v1/session", status_code=204)
+async def close_session(request: Request, user: CurrentUser) -> Response:
+    """Removes the caller's stream cookie (signing out)."""
+    response = Response(status_code=204)
+    response.delete_cookie(
+        cookie_name(session_id(user)),
+        path=COOKIE_PATH,
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+
+class _WithHeaders:
+    """Adds the page headers to every asset response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in PAGE_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def install_web_client(app: FastAPI) -> None:
+    """Adds the page, its assets and /v1/session. Assets live under /web/ (not a catch-all mount at
+    /), so unknown API paths and wrong methods keep their usual 404 and 405 problems."""
+    app.include_router(router)
+    assets: Any = _WithHeaders(StaticFiles(directory=STATIC_DIR))
+    app.mount(ASSETS_PATH, assets, name="web")

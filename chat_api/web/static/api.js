@@ -1,0 +1,129 @@
+// HTTP calls to the service, same origin. State-changing calls carry the bearer token in the
+// Authorization header (never a cookie: see chat_api/web/README.md).
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super((problem && problem.detail) || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+/** A network failure or an answer that says "try again": a send may be retried with the same key. */
+export function isTransient(error) {
+  if (error instanceof ApiError) return [0, 408, 429, 502, 503, 504].includes(error.status);
+  return error instanceof TypeError; // fetch rejects with a TypeError when the network fails
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A random Idempotency-Key (crypto.randomUUID needs a secure context; this does not). */
+export function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function answer(response) {
+  if (response.status === 204) return null;
+  const type = response.headers.get("content-type") || "";
+  const body = type.includes("json") ? await response.json() : null;
+  if (!response.ok) throw new ApiError(response.status, body);
+  return body;
+}
+
+/** POST /dev/token: only `chat-api dev` has it; null when this server does not. */
+export async function devToken(sub) {
+  const response = await fetch("/dev/token", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sub }),
+    cache: "no-store",
+  });
+  if (response.status === 404 || response.status === 405) return null;
+  return answer(response);
+}
+
+export class Api {
+  constructor(token, onUnauthorized) {
+    this.token = token;
+    this.onUnauthorized = onUnauthorized;
+  }
+
+  async call(method, path, { json, headers = {} } = {}) {
+    const init = {
+      method,
+      headers: { Authorization: `Bearer ${this.token}`, ...headers },
+      cache: "no-store",
+    };
+    if (json !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(json);
+    }
+    try {
+      return await answer(await fetch(path, init));
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) this.onUnauthorized(error);
+      throw error;
+    }
+  }
+
+  openSession() { return this.call("POST", "/v1/session"); }
+  closeSession() { return this.call("DELETE", "/v1/session"); }
+
+  listRooms(cursor) {
+    const query = new URLSearchParams({ limit: "100" });
+    if (cursor) query.set("cursor", cursor);
+    return this.call("GET", `/v1/rooms?${query}`);
+  }
+
+  room(roomId) { return this.call("GET", `/v1/rooms/${encodeURIComponent(roomId)}`); }
+  createRoom(name, members) { return this.call("POST", "/v1/rooms", { json: { name, members } }); }
+
+  addMember(roomId, user) {
+    return this.call("PUT", `/v1/rooms/${encodeURIComponent(roomId)}/members/${encodeURIComponent(user)}`);
+  }
+
+  /** A page of history in ascending seq: the newest, or the one before `before` (keyset). */
+  history(roomId, before, limit = 50) {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (before !== undefined) query.set("before", String(before));
+    return this.call("GET", `/v1/rooms/${encodeURIComponent(roomId)}/messages?${query}`);
+  }
+
+  send(roomId, body, key) {
+    return this.call("POST", `/v1/rooms/${encodeURIComponent(roomId)}/messages`, {
+      json: { body },
+      headers: { "Idempotency-Key": key },
+    });
+  }
+
+  edit(roomId, seq, body) {
+    return this.call("PATCH", `/v1/rooms/${encodeURIComponent(roomId)}/messages/${seq}`, { json: { body } });
+  }
+
+  remove(roomId, seq) {
+    return this.call("DELETE", `/v1/rooms/${encodeURIComponent(roomId)}/messages/${seq}`);
+  }
+
+  markRead(roomId, seq) {
+    return this.call("POST", `/v1/rooms/${encodeURIComponent(roomId)}/read`, { json: { seq } });
+  }
+}
+
+/**
+ * Sends until the service has the message: network errors and 503s are retried with the SAME
+ * Idempotency-Key, so a retry of a send that did arrive returns the first message, never a copy.
+ */
+export async function sendWithRetry(api, roomId, body, key, onRetry) {
+  let delay = 500;
+  for (;;) {
+    try {
+      return await api.send(roomId, body, key);
+    } catch (error) {
+      if (!isTransient(error)) throw error;
+      onRetry(error);
+      await sleep(delay);
+      delay = Math.min(delay * 2, 4000);
+    }
+  }
+}

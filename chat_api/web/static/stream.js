@@ -1,0 +1,90 @@
+// The live event stream: the browser's own EventSource on /v1/events.
+//
+// The token travels in the HttpOnly stream cookie (set by POST /v1/session), never in the URL; the
+// URL carries only `session` (which cookie) and the starting cursor, neither of them a secret.
+// EventSource reconnects by itself and sends Last-Event-ID, so the server replays what was missed.
+// When the browser gives up (an HTTP error such as 503 while a server drains, or 401), a new
+// EventSource is opened here, from the last id seen, after refreshing the cookie.
+
+const KINDS = [
+  "room.created",
+  "member.added",
+  "member.removed",
+  "message.created",
+  "message.updated",
+  "message.deleted",
+];
+
+export class EventStream {
+  constructor(eventsUrl, { onEvent, onReset, onState, beforeReopen }) {
+    this.eventsUrl = eventsUrl;
+    this.onEvent = onEvent;
+    this.onReset = onReset;
+    this.onState = onState;
+    this.beforeReopen = beforeReopen;
+    this.lastId = null;
+    this.source = null;
+    this.backoff = 1000;
+    this.timer = null;
+    this.stopped = false;
+  }
+
+  start(cursor) {
+    this.lastId = cursor || null;
+    this.open();
+  }
+
+  url() {
+    if (!this.lastId) return this.eventsUrl;
+    const sep = this.eventsUrl.includes("?") ? "&" : "?";
+    return `${this.eventsUrl}${sep}cursor=${encodeURIComponent(this.lastId)}`;
+  }
+
+  open() {
+    if (this.stopped) return;
+    this.onState(this.source ? "reconnecting" : "connecting");
+    const source = (this.source = new EventSource(this.url()));
+    source.onopen = () => {
+      this.backoff = 1000;
+      this.onState("live");
+    };
+    source.onerror = () => {
+      if (source !== this.source) return;
+      this.onState("reconnecting");
+      if (source.readyState === EventSource.CLOSED) this.reopenLater();
+      // Otherwise (CONNECTING) the browser retries by itself, with Last-Event-ID.
+    };
+    for (const kind of KINDS) {
+      source.addEventListener(kind, (event) => {
+        if (event.lastEventId) this.lastId = event.lastEventId;
+        this.onEvent(kind, JSON.parse(event.data));
+      });
+    }
+    source.addEventListener("reset", (event) => {
+      // The cursor was older than the retained log: reload state, continue from this id.
+      if (event.lastEventId) this.lastId = event.lastEventId;
+      this.onReset();
+    });
+  }
+
+  reopenLater() {
+    this.source.close();
+    clearTimeout(this.timer);
+    const delay = this.backoff;
+    this.backoff = Math.min(this.backoff * 2, 15000);
+    this.timer = setTimeout(async () => {
+      try {
+        await this.beforeReopen();
+      } catch {
+        // The server may still be away; the new EventSource will tell.
+      }
+      this.open();
+    }, delay);
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.source) this.source.close();
+  }
+}
