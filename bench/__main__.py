@@ -169,14 +169,14 @@ def wrk(url: str, script: str, data_file: Path, duration: int, token: str | None
 
 def pgbench_send_script(room_expression: str) -> str:
     """The send transaction exactly as the service runs it (lock, then the one CTE statement)."""
-    sql = messages_service._SEND.text
-    values = {
-        ":room_id": room_expression,
-        ":sender": f"'{USER}'",
-        ":body": f"'{BODY}'",
-        ":reply_to": "NULL",
-        ":key": "NULL",
-        ":hash": "NULL",
+    sql = messages_service.SEND
+    values = {  # SEND's parameters: room, sender, body, reply_to, idempotency key, request hash
+        "$1": room_expression,
+        "$2": f"'{USER}'",
+        "$3": f"'{BODY}'",
+        "$4": "NULL",
+        "$5": "NULL",
+        "$6": "NULL",
     }
     for name, value in values.items():
         sql = sql.replace(name, value)

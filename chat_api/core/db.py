@@ -1,11 +1,17 @@
-"""The database engine: SQLAlchemy's async engine on asyncpg, connected the way the settings say."""
+"""The database: SQLAlchemy's async engine owns the schema (models, Alembic) and the connection pool
+(connected the way the settings say); queries are hand-written SQL run on the pooled asyncpg
+connection, because SQLAlchemy's per-statement machinery costs more than the statement itself on
+the hot paths (see bench/ and the README's Performance section)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -78,3 +84,30 @@ async def _engine(request: Request) -> AsyncEngine:
 
 
 DbEngine = Annotated[AsyncEngine, Depends(_engine)]
+
+
+# Failures that mean the connection itself is unusable: it must not go back to the pool.
+CONNECTION_LOST = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@asynccontextmanager
+async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection as the asyncpg connection. Run statements with `$n` parameters and
+    explicit `async with conn.transaction():` blocks; a connection that broke meanwhile is dropped
+    from the pool instead of being handed out again."""
+    async with engine.connect() as pooled:
+        raw = (await pooled.get_raw_connection()).driver_connection
+        if raw is None or raw.is_closed():
+            await pooled.invalidate()
+            raw = (await pooled.get_raw_connection()).driver_connection
+        try:
+            yield raw
+        except CONNECTION_LOST:
+            await pooled.invalidate()
+            raise

@@ -19,11 +19,10 @@ import asyncpg
 import orjson
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import NoOpTracer, Tracer
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api.core.config import Settings
-from chat_api.core.db import SERVER_SETTINGS
+from chat_api.core.db import SERVER_SETTINGS, connection
 from chat_api.events.cursor import Cursor
 from chat_api.events.log import NOTIFY_CHANNEL
 from chat_api.events.reader import EVENT_COLUMNS, HORIZON_SQL, Event
@@ -47,7 +46,7 @@ ORDER BY e.xid, e.id LIMIT {READ_BATCH}
 """
 _BLOCKED = f"SELECT EXISTS (SELECT 1 FROM events WHERE xid >= {HORIZON_SQL})"
 _HORIZON = f"SELECT {HORIZON_SQL}::text"
-_ROOMS_OF = text("SELECT room_id FROM members WHERE user_id = :user")
+_ROOMS_OF = "SELECT room_id FROM members WHERE user_id = $1"
 
 END = None  # queued to a subscription: the stream must end (shutdown, too slow, removed)
 
@@ -135,8 +134,8 @@ class Hub:
         await self.ready.wait()
         while user not in self.rooms_of:
             before = self.head
-            async with self.engine.connect() as conn:
-                rooms = {row.room_id for row in await conn.execute(_ROOMS_OF, {"user": user})}
+            async with connection(self.engine) as conn:
+                rooms = {row["room_id"] for row in await conn.fetch(_ROOMS_OF, user)}
             # Membership changes the hub applied while we read would be lost: read again then.
             # Changes not yet applied are applied to this set when the hub reaches them.
             if self.head == before and user not in self.rooms_of:

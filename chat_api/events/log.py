@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
 from chat_api.core.wire import room_lock_key
 
@@ -21,31 +20,29 @@ NOTIFY_CHANNEL = "chat_events"
 # The NOTIFY is a doorbell: it carries no data, readers go to the log.
 NOTIFY_SQL = f"pg_notify('{NOTIFY_CHANNEL}', '')"
 
-_LOCK_ROOM = text("SELECT pg_advisory_xact_lock(:key)")
-_BUMP_ROOM = text(
-    "UPDATE rooms SET last_seq = last_seq + 1, activity_at = now() WHERE id = :room_id RETURNING last_seq"
-)
-_APPEND = text(
-    f"""INSERT INTO events (room_id, seq, kind, subject, payload)
-    VALUES (:room_id, :seq, :kind, :subject, CAST(:payload AS json))
-    RETURNING {NOTIFY_SQL}"""
-)
+# Serialises a room's writers; must be the transaction's first statement. $1: room_lock_key(room).
+LOCK_ROOM = "SELECT pg_advisory_xact_lock($1)"
+_BUMP_ROOM = "UPDATE rooms SET last_seq = last_seq + 1, activity_at = now() WHERE id = $1 RETURNING last_seq"
+_APPEND = f"""INSERT INTO events (room_id, seq, kind, subject, payload)
+    VALUES ($1, $2, $3, $4, $5::json) RETURNING {NOTIFY_SQL}"""
 
 
-async def lock_room(conn: AsyncConnection, room_id: uuid.UUID) -> None:
-    """Serialises the room's writers; must be the transaction's first statement."""
-    await conn.execute(_LOCK_ROOM, {"key": room_lock_key(room_id)})
+async def lock_room(conn: asyncpg.Connection, room_id: uuid.UUID) -> None:
+    await conn.execute(LOCK_ROOM, room_lock_key(room_id))
 
 
-async def next_seq(conn: AsyncConnection, room_id: uuid.UUID) -> int:
+async def next_seq(conn: asyncpg.Connection, room_id: uuid.UUID) -> int:
     """Takes the room's next sequence number (under the room lock) and marks the room active."""
-    return int((await conn.execute(_BUMP_ROOM, {"room_id": room_id})).scalar_one())
+    return int(await conn.fetchval(_BUMP_ROOM, room_id))
 
 
 async def append(
-    conn: AsyncConnection, room_id: uuid.UUID, seq: int, kind: str, payload: str, subject: str | None = None
+    conn: asyncpg.Connection,
+    room_id: uuid.UUID,
+    seq: int,
+    kind: str,
+    payload: str,
+    subject: str | None = None,
 ) -> None:
     """Appends one event (payload: the SSE data object as JSON text) and rings the doorbell."""
-    await conn.execute(
-        _APPEND, {"room_id": room_id, "seq": seq, "kind": kind, "subject": subject, "payload": payload}
-    )
+    await conn.execute(_APPEND, room_id, seq, kind, subject, payload)

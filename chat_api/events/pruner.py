@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api.core.config import Settings
+from chat_api.core.db import connection
 from chat_api.events.reader import prune
 
 log = logging.getLogger("chat_api.events")
@@ -18,18 +18,13 @@ PRUNE_LOCK_KEY = 0x63686174_70727565  # "chat" "prue": one replica prunes at a t
 
 async def prune_once(settings: Settings, engine: AsyncEngine) -> int | None:
     """Prunes unless another replica is doing it right now (then None)."""
-    async with engine.connect() as conn:
-        locked: bool = (
-            await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PRUNE_LOCK_KEY})
-        ).scalar_one()
-        await conn.commit()
-        if not locked:
+    async with connection(engine) as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", PRUNE_LOCK_KEY):
             return None
         try:
             return await prune(engine, settings.event_retention_seconds)
         finally:
-            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PRUNE_LOCK_KEY})
-            await conn.commit()
+            await conn.execute("SELECT pg_advisory_unlock($1)", PRUNE_LOCK_KEY)
 
 
 async def prune_periodically(settings: Settings, engine: AsyncEngine) -> None:

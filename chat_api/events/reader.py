@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_api.core.db import connection
 from chat_api.events.cursor import Cursor
 
 # Readers never read at or above this: every transaction below it has ended, so nothing can
@@ -47,63 +48,53 @@ def reset_frame(fresh: Cursor) -> bytes:
     return f'id: {fresh.encode()}\nevent: reset\ndata: {{"cursor": "{fresh.encode()}"}}\n\n'.encode()
 
 
-_FRESH = text(f"SELECT {HORIZON_SQL}::text AS horizon")
-
-_CURSOR_STATE = text(
-    f"""
+_CURSOR_STATE = f"""
 SELECT {HORIZON_SQL}::text AS horizon, pg_snapshot_xmax(pg_current_snapshot())::text AS next_xid,
        s.pruned_xid::text AS pruned_xid, s.pruned_id
 FROM event_log_state s
 """
-)
 
+# $1 xid (text), $2 id, $3 user, $4 limit, $5 room (only with the room filter).
 _REPLAY = """
 SELECT {columns} FROM events e
-WHERE (e.xid, e.id) > (CAST(CAST(:xid AS text) AS xid8), :id) AND e.xid < {horizon}
-  AND (e.room_id IN (SELECT room_id FROM members WHERE user_id = :user) OR e.subject = :user)
+WHERE (e.xid, e.id) > ($1::text::xid8, $2) AND e.xid < {horizon}
+  AND (e.room_id IN (SELECT room_id FROM members WHERE user_id = $3) OR e.subject = $3)
   {room_filter}
-ORDER BY e.xid, e.id LIMIT :limit
+ORDER BY e.xid, e.id LIMIT $4
 """
-_REPLAY_ALL = text(_REPLAY.format(columns=EVENT_COLUMNS, horizon=HORIZON_SQL, room_filter=""))
-_REPLAY_ROOM = text(
-    _REPLAY.format(columns=EVENT_COLUMNS, horizon=HORIZON_SQL, room_filter="AND e.room_id = :room_id")
-)
+_REPLAY_ALL = _REPLAY.format(columns=EVENT_COLUMNS, horizon=HORIZON_SQL, room_filter="")
+_REPLAY_ROOM = _REPLAY.format(columns=EVENT_COLUMNS, horizon=HORIZON_SQL, room_filter="AND e.room_id = $5")
 
 
-async def fresh_cursor(conn: AsyncConnection) -> Cursor:
-    """The current position: whatever commits from now on lies after it."""
-    return Cursor(int((await conn.execute(_FRESH)).scalar_one()), 0)
-
-
-async def check_cursor(conn: AsyncConnection, cursor: Cursor) -> Cursor | None:
+async def check_cursor(conn: asyncpg.Connection, cursor: Cursor) -> Cursor | None:
     """None when the log still holds everything after `cursor`; else a fresh cursor to reset to."""
-    state = (await conn.execute(_CURSOR_STATE)).one()
-    pruned = Cursor(int(state.pruned_xid), state.pruned_id)
-    if cursor < pruned or cursor.xid > int(state.next_xid):
-        return Cursor(int(state.horizon), 0)
+    state = await conn.fetchrow(_CURSOR_STATE)
+    pruned = Cursor(int(state["pruned_xid"]), state["pruned_id"])
+    if cursor < pruned or cursor.xid > int(state["next_xid"]):
+        return Cursor(int(state["horizon"]), 0)
     return None
 
 
 async def replay(
-    conn: AsyncConnection, user: str, after: Cursor, room_id: uuid.UUID | None, limit: int
+    conn: asyncpg.Connection, user: str, after: Cursor, room_id: uuid.UUID | None, limit: int
 ) -> list[Event]:
     """Up to `limit` events after `after` that `user` may see (by current membership), in log order."""
-    params: dict[str, Any] = {"xid": str(after.xid), "id": after.id, "user": user, "limit": limit}
-    statement = _REPLAY_ALL
-    if room_id is not None:
-        statement, params["room_id"] = _REPLAY_ROOM, room_id
-    return [Event.from_row(row._mapping) for row in (await conn.execute(statement, params)).all()]
+    args: tuple[Any, ...] = (str(after.xid), after.id, user, limit)
+    if room_id is None:
+        rows = await conn.fetch(_REPLAY_ALL, *args)
+    else:
+        rows = await conn.fetch(_REPLAY_ROOM, *args, room_id)
+    return [Event.from_row(row) for row in rows]
 
 
 PRUNE_BATCH = 10_000
 
-_PRUNE = text(
-    f"""
+_PRUNE = f"""
 WITH edge AS (
     SELECT xid, id FROM (
         SELECT xid, id, created_at FROM events WHERE xid < {HORIZON_SQL} ORDER BY xid, id LIMIT {PRUNE_BATCH}
     ) AS oldest
-    WHERE created_at < now() - make_interval(secs => :retention)
+    WHERE created_at < now() - make_interval(secs => $1)
     ORDER BY xid DESC, id DESC LIMIT 1
 ), gone AS (
     DELETE FROM events e USING edge WHERE (e.xid, e.id) <= (edge.xid, edge.id) RETURNING 1
@@ -111,7 +102,6 @@ WITH edge AS (
 UPDATE event_log_state SET pruned_xid = edge.xid, pruned_id = edge.id FROM edge
 RETURNING (SELECT count(*) FROM gone)
 """
-)
 
 
 async def prune(engine: AsyncEngine, retention_seconds: int) -> int:
@@ -119,8 +109,8 @@ async def prune(engine: AsyncEngine, retention_seconds: int) -> int:
     the new low-water mark gets `event: reset` instead of a partial replay."""
     total = 0
     while True:
-        async with engine.begin() as conn:
-            deleted = (await conn.execute(_PRUNE, {"retention": retention_seconds})).scalar_one_or_none()
+        async with connection(engine) as conn:
+            deleted = await conn.fetchval(_PRUNE, float(retention_seconds))
         if not deleted:
             return total
         total += int(deleted)

@@ -9,12 +9,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import text
 from starlette.types import Receive, Scope, Send
 
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
-from chat_api.core.db import DbEngine
+from chat_api.core.db import DbEngine, connection
 from chat_api.core.errors import Problem, not_found
 from chat_api.core.wire import parse_room_id
 from chat_api.events.cursor import Cursor, MalformedCursor
@@ -26,7 +25,7 @@ router = APIRouter(tags=["events"])
 REPLAY_BATCH = 500
 RETRY_ADVICE_MS = 2000
 HEARTBEAT = b": keepalive\n\n"
-_IS_MEMBER = text("SELECT 1 FROM members WHERE room_id = :room_id AND user_id = :user")
+_IS_MEMBER = "SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2"
 
 STREAM_DOC = """Server-sent events for every change you may see, in log order (per room in increasing
 `seq`). Frames: `id: <cursor>`, `event: <type>`, `data: {"room_id", "seq", "message"|"member"|"room"}`.
@@ -64,8 +63,8 @@ async def events(
         ) from None
     room = parse_room_id(room_id) if room_id is not None else None
     if room is not None:
-        async with engine.connect() as conn:
-            if (await conn.execute(_IS_MEMBER, {"room_id": room, "user": user})).first() is None:
+        async with connection(engine) as conn:
+            if await conn.fetchval(_IS_MEMBER, room, user) is None:
                 raise not_found("room")
     hub: Hub = request.app.state.hub
     try:
@@ -124,13 +123,13 @@ async def _stream(
     if start is not None:
         # Replay from the log up to where it holds no more; the hub queued everything after
         # `head` to us meanwhile, and frames at or before what we sent are skipped below.
-        async with engine.connect() as conn:
+        async with connection(engine) as conn:
             reset_to = await check_cursor(conn, start)
         if reset_to is not None:
             yield reset_frame(reset_to)
         position = reset_to or start
         while True:
-            async with engine.connect() as conn:
+            async with connection(engine) as conn:
                 batch = await replay(conn, user, position, room, REPLAY_BATCH)
             for event in batch:
                 yield event.frame()

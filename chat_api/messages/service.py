@@ -1,7 +1,7 @@
 """Messages: send (idempotent), history pages, one message, edit, delete, read markers.
 
-The hot paths (send, history) build the message JSON in PostgreSQL, in the shape clients get
-everywhere (REST answers and the event stream alike), and hand the text through without parsing it.
+The message JSON is built by PostgreSQL, in the one shape clients get everywhere (REST answers and
+the event stream alike), and handed through as text without being parsed in Python.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 
+import asyncpg
 import orjson
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_api.core.db import connection
 from chat_api.core.errors import Problem, not_found
 from chat_api.core.wire import SQL_TIMESTAMP
 from chat_api.events import log
@@ -27,120 +28,114 @@ def message_json(m: str) -> str:
         {SQL_TIMESTAMP.format(f"{m}.edited_at")} AS edited_at, {m}.deleted) x)"""
 
 
-def event_json(kind_key: str, m: str, seq: str) -> str:
-    """SQL for an event's data object about message row `m`."""
-    return f"""json_build_object('room_id', {m}.room_id, 'seq', {seq}, '{kind_key}', {message_json(m)})"""
+def event_json(m: str, seq: str) -> str:
+    """SQL for the data object of an event about message row `m`, at room position `seq`."""
+    return f"""json_build_object('room_id', {m}.room_id, 'seq', {seq}, 'message', {message_json(m)})"""
 
 
 # One statement after the room lock: take the next seq (only if the sender is a member and the
 # reply target exists), insert the message unless its idempotency key is taken, log the event and
 # ring the doorbell. No row back means one of those conditions failed: the caller rolls back.
-_SEND = text(
-    f"""
+# Parameters: $1 room, $2 sender, $3 body, $4 reply_to, $5 idempotency key, $6 request hash.
+SEND = f"""
 WITH room AS (
     UPDATE rooms SET last_seq = last_seq + 1, activity_at = now()
-    WHERE id = :room_id
-      AND EXISTS (SELECT 1 FROM members WHERE room_id = :room_id AND user_id = :sender)
-      AND (CAST(:reply_to AS bigint) IS NULL
-           OR EXISTS (SELECT 1 FROM messages WHERE room_id = :room_id AND seq = :reply_to))
+    WHERE id = $1
+      AND EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2)
+      AND ($4::bigint IS NULL OR EXISTS (SELECT 1 FROM messages WHERE room_id = $1 AND seq = $4))
     RETURNING last_seq
 ), message AS (
     INSERT INTO messages (room_id, seq, sender, body, reply_to, idempotency_key, request_hash)
-    SELECT :room_id, room.last_seq, :sender, :body, :reply_to, :key, :hash FROM room
+    SELECT $1, room.last_seq, $2, $3, $4, $5, $6 FROM room
     ON CONFLICT (sender, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
 ), event AS (
     INSERT INTO events (room_id, seq, kind, payload)
-    SELECT m.room_id, m.seq, 'message.created', {event_json("message", "m", "m.seq")} FROM message m
+    SELECT m.room_id, m.seq, 'message.created', {event_json("m", "m.seq")} FROM message m
 )
 SELECT {message_json("m")}::text, {NOTIFY_SQL} FROM message m
 """
-)
 
-_SEND_DIAGNOSIS = text(
-    f"""
-SELECT EXISTS (SELECT 1 FROM members WHERE room_id = :room_id AND user_id = :sender) AS member,
-       (SELECT row(m.room_id, m.request_hash, {message_json("m")}::text)
-          FROM messages m WHERE m.sender = :sender AND m.idempotency_key = :key) AS keyed
+_SEND_DIAGNOSIS = f"""
+SELECT EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member,
+       keyed.room_id AS keyed_room, keyed.request_hash AS keyed_hash, keyed.j AS keyed_json
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT m.room_id, m.request_hash, {message_json("m")}::text AS j
+    FROM messages m WHERE m.sender = $2 AND m.idempotency_key = $3
+) AS keyed ON true
 """
-)
 
-_PAGE_NEWEST = f"""
-SELECT page.j FROM (SELECT 1 FROM members WHERE room_id = :room_id AND user_id = :user) AS member
+# A page of history, and whether the caller is a member, in one statement: no row at all means
+# not a member; one row with NULL means an empty page. Parameters: $1 room, $2 user, $3 limit, $4 seq.
+_PAGE = """
+SELECT page.j FROM (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member
 LEFT JOIN LATERAL (
-    SELECT {message_json("m")}::text AS j FROM messages m
-    WHERE m.room_id = :room_id {{where}} ORDER BY m.seq {{order}} LIMIT :limit
+    SELECT {json}::text AS j FROM messages m
+    WHERE m.room_id = $1 {where} ORDER BY m.seq {order} LIMIT $3
 ) AS page ON true
 """
-_PAGE = {
-    "newest": text(_PAGE_NEWEST.format(where="", order="DESC")),
-    "before": text(_PAGE_NEWEST.format(where="AND m.seq < :cursor", order="DESC")),
-    "after": text(_PAGE_NEWEST.format(where="AND m.seq > :cursor", order="ASC")),
+_PAGES = {
+    "newest": _PAGE.format(json=message_json("m"), where="", order="DESC"),
+    "before": _PAGE.format(json=message_json("m"), where="AND m.seq < $4", order="DESC"),
+    "after": _PAGE.format(json=message_json("m"), where="AND m.seq > $4", order="ASC"),
 }
 
-_ONE = text(
-    f"""
-SELECT one.j FROM (SELECT 1 FROM members WHERE room_id = :room_id AND user_id = :user) AS member
+_ONE = f"""
+SELECT one.j FROM (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member
 LEFT JOIN LATERAL (
-    SELECT {message_json("m")}::text AS j FROM messages m WHERE m.room_id = :room_id AND m.seq = :seq
+    SELECT {message_json("m")}::text AS j FROM messages m WHERE m.room_id = $1 AND m.seq = $3
 ) AS one ON true
 """
-)
 
-_TARGET = text(
-    """
+_TARGET = """
 SELECT mem.role, m.sender, m.deleted
-FROM members mem LEFT JOIN messages m ON m.room_id = mem.room_id AND m.seq = :seq
-WHERE mem.room_id = :room_id AND mem.user_id = :user
+FROM members mem LEFT JOIN messages m ON m.room_id = mem.room_id AND m.seq = $3
+WHERE mem.room_id = $1 AND mem.user_id = $2
 """
-)
 
-_EDIT = text(
-    f"""
+# Edit and delete: the room's next seq, the change, its event and the doorbell, in one statement.
+_CHANGE = """
 WITH room AS (
-    UPDATE rooms SET last_seq = last_seq + 1 WHERE id = :room_id RETURNING last_seq
+    UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq
 ), message AS (
-    UPDATE messages SET body = :body, edited_at = now()
-    WHERE room_id = :room_id AND seq = :seq RETURNING *
+    UPDATE messages SET {assignments} WHERE room_id = $1 AND seq = $2 RETURNING *
 ), event AS (
     INSERT INTO events (room_id, seq, kind, payload)
-    SELECT m.room_id, room.last_seq, 'message.updated', {event_json("message", "m", "room.last_seq")}
-    FROM message m, room
+    SELECT m.room_id, room.last_seq, '{kind}', {event} FROM message m, room
 )
-SELECT {message_json("m")}::text, {NOTIFY_SQL} FROM message m
+SELECT {json}::text, {notify} FROM message m
 """
+_EDIT = _CHANGE.format(
+    assignments="body = $3, edited_at = now()",
+    kind="message.updated",
+    event=event_json("m", "room.last_seq"),
+    json=message_json("m"),
+    notify=NOTIFY_SQL,
+)
+_DELETE = _CHANGE.format(
+    assignments="body = NULL, deleted = true",
+    kind="message.deleted",
+    event=event_json("m", "room.last_seq"),
+    json=message_json("m"),
+    notify=NOTIFY_SQL,
 )
 
-_DELETE = text(
-    f"""
-WITH room AS (
-    UPDATE rooms SET last_seq = last_seq + 1 WHERE id = :room_id RETURNING last_seq
-), message AS (
-    UPDATE messages SET body = NULL, deleted = true
-    WHERE room_id = :room_id AND seq = :seq RETURNING *
-), event AS (
-    INSERT INTO events (room_id, seq, kind, payload)
-    SELECT m.room_id, room.last_seq, 'message.deleted', {event_json("message", "m", "room.last_seq")}
-    FROM message m, room
-)
-SELECT {NOTIFY_SQL} FROM message m
-"""
-)
-
-_MARK_READ = text(
-    """
-UPDATE members SET last_read_seq = GREATEST(members.last_read_seq, LEAST(:seq, r.last_seq))
+_MARK_READ = """
+UPDATE members SET last_read_seq = GREATEST(members.last_read_seq, LEAST($3, r.last_seq))
 FROM rooms r
-WHERE members.room_id = :room_id AND members.user_id = :user AND r.id = members.room_id
+WHERE members.room_id = $1 AND members.user_id = $2 AND r.id = members.room_id
 RETURNING 1
 """
-)
 
 
 @dataclass(frozen=True)
 class Sent:
     json: str  # the message, as JSON text
     replayed: bool  # an earlier request with the same idempotency key created it
+
+
+class _NotSent(Exception):
+    """A condition of SEND failed; raised inside the transaction so that it rolls back."""
 
 
 def request_hash(room_id: uuid.UUID, body: str, reply_to: int | None) -> bytes:
@@ -156,49 +151,39 @@ async def send(
     idempotency_key: str | None,
 ) -> Sent:
     fingerprint = request_hash(room_id, body, reply_to) if idempotency_key else None
-    params = {
-        "room_id": room_id,
-        "sender": sender,
-        "body": body,
-        "reply_to": reply_to,
-        "key": idempotency_key,
-        "hash": fingerprint,
-    }
-    async with engine.connect() as conn:
-        async with conn.begin() as tx:
-            await log.lock_room(conn, room_id)
-            row = (await conn.execute(_SEND, params)).first()
-            if row is not None:
+    async with connection(engine) as conn:
+        try:
+            async with conn.transaction():
+                await log.lock_room(conn, room_id)
+                row = await conn.fetchrow(SEND, room_id, sender, body, reply_to, idempotency_key, fingerprint)
+                if row is None:
+                    raise _NotSent  # rolls back the seq taken by a send that did not happen
                 return Sent(json=row[0], replayed=False)
-            await tx.rollback()  # undo the seq taken by a send that did not happen
-        return await _explain_unsent(conn, room_id, sender, reply_to, idempotency_key, fingerprint)
+        except _NotSent:
+            return await _explain_unsent(conn, room_id, sender, reply_to, idempotency_key, fingerprint)
 
 
 async def _explain_unsent(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     room_id: uuid.UUID,
     sender: str,
     reply_to: int | None,
     idempotency_key: str | None,
     fingerprint: bytes | None,
 ) -> Sent:
-    # Off the hot path: find out which condition of _SEND failed. A concurrent retry with the same key
-    # waited on the unique index for the first one to commit, so the original is visible here.
-    row = (
-        await conn.execute(_SEND_DIAGNOSIS, {"room_id": room_id, "sender": sender, "key": idempotency_key})
-    ).one()
-    await conn.rollback()
-    if not row.member:
+    # Off the hot path: find out which condition of SEND failed. A concurrent retry with the same
+    # key waited on the unique index for the first one to commit, so the original is visible here.
+    row = await conn.fetchrow(_SEND_DIAGNOSIS, room_id, sender, idempotency_key)
+    if not row["member"]:
         raise not_found("room")
-    if row.keyed is not None:
-        keyed_room, keyed_hash, keyed_json = row.keyed
-        if str(keyed_room) != str(room_id) or keyed_hash != fingerprint:
+    if row["keyed_json"] is not None:
+        if row["keyed_room"] != room_id or row["keyed_hash"] != fingerprint:
             raise Problem(
                 422,
                 "This Idempotency-Key was already used for a different request.",
                 kind="idempotency-key-reused",
             )
-        return Sent(json=keyed_json, replayed=True)
+        return Sent(json=row["keyed_json"], replayed=True)
     if reply_to is not None:
         raise Problem(422, f"reply_to: no message {reply_to} in this room.", kind="validation")
     raise RuntimeError("send affected no row for no known reason")
@@ -217,18 +202,15 @@ class Page:
 async def history(
     engine: AsyncEngine, room_id: uuid.UUID, user: str, limit: int, before: int | None, after: int | None
 ) -> Page:
+    args: tuple[object, ...] = (room_id, user, limit + 1)
     if after is not None:
-        direction, cursor = "after", after
+        direction, args = "after", (*args, after)
     elif before is not None:
-        direction, cursor = "before", before
+        direction, args = "before", (*args, before)
     else:
-        direction, cursor = "newest", None
-    async with engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                _PAGE[direction], {"room_id": room_id, "user": user, "limit": limit + 1, "cursor": cursor}
-            )
-        ).all()
+        direction = "newest"
+    async with connection(engine) as conn:
+        rows = await conn.fetch(_PAGES[direction], *args)
     if not rows:
         raise not_found("room")
     items = [row[0] for row in rows if row[0] is not None]
@@ -240,8 +222,8 @@ async def history(
 
 
 async def get_one(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) -> str:
-    async with engine.connect() as conn:
-        row = (await conn.execute(_ONE, {"room_id": room_id, "user": user, "seq": seq})).first()
+    async with connection(engine) as conn:
+        row = await conn.fetchrow(_ONE, room_id, user, seq)
     if row is None:
         raise not_found("room")
     if row[0] is None:
@@ -250,37 +232,36 @@ async def get_one(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) 
 
 
 async def edit(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int, body: str) -> str:
-    async with engine.begin() as conn:
+    async with connection(engine) as conn, conn.transaction():
         await log.lock_room(conn, room_id)
-        target = (await conn.execute(_TARGET, {"room_id": room_id, "user": user, "seq": seq})).first()
+        target = await conn.fetchrow(_TARGET, room_id, user, seq)
         if target is None:
             raise not_found("room")
-        if target.sender is None:
+        if target["sender"] is None:
             raise not_found("message")
-        if target.sender != user:
+        if target["sender"] != user:
             raise Problem(403, "Only the sender can edit a message.", kind="forbidden")
-        if target.deleted:
+        if target["deleted"]:
             raise Problem(409, "A deleted message cannot be edited.", kind="message-deleted")
-        row = (await conn.execute(_EDIT, {"room_id": room_id, "seq": seq, "body": body})).one()
-        return str(row[0])
+        return str(await conn.fetchval(_EDIT, room_id, seq, body))
 
 
 async def delete(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) -> None:
-    async with engine.begin() as conn:
+    async with connection(engine) as conn, conn.transaction():
         await log.lock_room(conn, room_id)
-        target = (await conn.execute(_TARGET, {"room_id": room_id, "user": user, "seq": seq})).first()
+        target = await conn.fetchrow(_TARGET, room_id, user, seq)
         if target is None:
             raise not_found("room")
-        if target.sender is None:
+        if target["sender"] is None:
             raise not_found("message")
-        if target.sender != user and target.role != "owner":
+        if target["sender"] != user and target["role"] != "owner":
             raise Problem(403, "Only the sender or the room's owner can delete a message.", kind="forbidden")
-        if target.deleted:
+        if target["deleted"]:
             return  # already a tombstone: deleting again changes nothing
-        await conn.execute(_DELETE, {"room_id": room_id, "seq": seq})
+        await conn.execute(_DELETE, room_id, seq)
 
 
 async def mark_read(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) -> None:
-    async with engine.begin() as conn:
-        if (await conn.execute(_MARK_READ, {"room_id": room_id, "user": user, "seq": seq})).first() is None:
+    async with connection(engine) as conn:
+        if await conn.fetchval(_MARK_READ, room_id, user, seq) is None:
             raise not_found("room")

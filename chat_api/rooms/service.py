@@ -9,10 +9,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import orjson
-from sqlalchemy import Row, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_api.core.db import connection
 from chat_api.core.errors import Problem, not_found
 from chat_api.events import log
 from chat_api.events.cursor import Cursor
@@ -37,32 +38,33 @@ _LIST = """
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, page.*
 FROM (SELECT 1) AS one LEFT JOIN LATERAL (
     SELECT {columns} FROM members mem JOIN rooms r ON r.id = mem.room_id
-    WHERE mem.user_id = :user {after}
-    ORDER BY r.activity_at DESC, r.id DESC LIMIT :limit
+    WHERE mem.user_id = $1 {after}
+    ORDER BY r.activity_at DESC, r.id DESC LIMIT $2
 ) AS page ON true
 """
-_LIST_FIRST = text(_LIST.format(columns=_ROOM_COLUMNS, after=""))
-_LIST_NEXT = text(_LIST.format(columns=_ROOM_COLUMNS, after="AND (r.activity_at, r.id) < (:at, :after_id)"))
+_LIST_FIRST = _LIST.format(columns=_ROOM_COLUMNS, after="")
+_LIST_NEXT = _LIST.format(columns=_ROOM_COLUMNS, after="AND (r.activity_at, r.id) < ($3, $4)")
 
-_ONE = text(
-    f"""SELECT {_ROOM_COLUMNS} FROM members mem JOIN rooms r ON r.id = mem.room_id
-    WHERE mem.room_id = :room_id AND mem.user_id = :user"""
+_ONE = f"""SELECT {_ROOM_COLUMNS} FROM members mem JOIN rooms r ON r.id = mem.room_id
+    WHERE mem.room_id = $1 AND mem.user_id = $2"""
+_MEMBERS = "SELECT user_id, role, last_read_seq FROM members WHERE room_id = $1 ORDER BY joined_at, user_id"
+_MEMBER = "SELECT role, last_read_seq FROM members WHERE room_id = $1 AND user_id = $2"
+_INSERT_ROOM = "INSERT INTO rooms (id, name, created_by, last_seq) VALUES ($1, $2, $3, 1)"
+_INSERT_MEMBER = "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, $3)"
+_DELETE_MEMBER = (
+    "DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING user_id, role, last_read_seq"
 )
-_MEMBERS = text(
-    "SELECT user_id, role, last_read_seq FROM members WHERE room_id = :room_id ORDER BY joined_at, user_id"
-)
-_MEMBER = text("SELECT role, last_read_seq FROM members WHERE room_id = :room_id AND user_id = :user")
 
 
-def _room(row: Row[Any]) -> Room:
+def _room(row: asyncpg.Record) -> Room:
     return Room(
-        id=row.id,
-        name=row.name,
-        created_by=row.created_by,
-        created_at=row.created_at,
-        last_seq=row.last_seq,
-        unread_count=row.unread_count,
-        last_message=orjson.loads(row.last_message) if row.last_message else None,
+        id=row["id"],
+        name=row["name"],
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        last_seq=row["last_seq"],
+        unread_count=row["unread_count"],
+        last_message=orjson.loads(row["last_message"]) if row["last_message"] else None,
     )
 
 
@@ -83,51 +85,42 @@ def _decode_page_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_rooms(engine: AsyncEngine, user: str, limit: int, cursor: str | None) -> RoomPage:
-    params: dict[str, Any] = {"user": user, "limit": limit + 1}
+    args: tuple[Any, ...] = (user, limit + 1)
     statement = _LIST_FIRST
     if cursor is not None:
-        params["at"], params["after_id"] = _decode_page_cursor(cursor)
-        statement = _LIST_NEXT
-    async with engine.connect() as conn:
-        rows = (await conn.execute(statement, params)).all()
+        args, statement = (*args, *_decode_page_cursor(cursor)), _LIST_NEXT
+    async with connection(engine) as conn:
+        rows = await conn.fetch(statement, *args)
     # The stream position is read in the same snapshot as the rooms: nothing falls between them.
-    stream_cursor = Cursor(rows[0].xmin, 0).encode()
-    rows = [row for row in rows if row.id is not None]
+    stream_cursor = Cursor(rows[0]["xmin"], 0).encode()
+    rows = [row for row in rows if row["id"] is not None]
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        next_cursor = _encode_page_cursor(rows[-1].activity_at, rows[-1].id)
+        next_cursor = _encode_page_cursor(rows[-1]["activity_at"], rows[-1]["id"])
     return RoomPage(items=[_room(row) for row in rows], next_cursor=next_cursor, stream_cursor=stream_cursor)
 
 
-async def _detail(conn: AsyncConnection, room_id: uuid.UUID, user: str) -> RoomDetail:
-    row = (await conn.execute(_ONE, {"room_id": room_id, "user": user})).first()
+async def _detail(conn: asyncpg.Connection, room_id: uuid.UUID, user: str) -> RoomDetail:
+    row = await conn.fetchrow(_ONE, room_id, user)
     if row is None:
         raise not_found("room")
-    members = (await conn.execute(_MEMBERS, {"room_id": room_id})).all()
-    return RoomDetail(
-        **_room(row).model_dump(),
-        members=[Member(user_id=m.user_id, role=m.role, last_read_seq=m.last_read_seq) for m in members],
-    )
+    members = await conn.fetch(_MEMBERS, room_id)
+    return RoomDetail(**_room(row).model_dump(), members=[Member(**m) for m in members])
 
 
 async def get_room(engine: AsyncEngine, room_id: uuid.UUID, user: str) -> RoomDetail:
-    async with engine.connect() as conn:
+    async with connection(engine) as conn:
         return await _detail(conn, room_id, user)
 
 
 async def create_room(engine: AsyncEngine, creator: str, name: str, members: list[str]) -> RoomDetail:
     room_id = uuid.uuid4()
     others = list(dict.fromkeys(m for m in members if m != creator))
-    async with engine.begin() as conn:
-        await conn.execute(
-            text("INSERT INTO rooms (id, name, created_by, last_seq) VALUES (:id, :name, :creator, 1)"),
-            {"id": room_id, "name": name, "creator": creator},
-        )
-        await conn.execute(
-            text("INSERT INTO members (room_id, user_id, role) VALUES (:room_id, :user_id, :role)"),
-            [{"room_id": room_id, "user_id": creator, "role": "owner"}]
-            + [{"room_id": room_id, "user_id": m, "role": "member"} for m in others],
+    async with connection(engine) as conn, conn.transaction():
+        await conn.execute(_INSERT_ROOM, room_id, name, creator)
+        await conn.executemany(
+            _INSERT_MEMBER, [(room_id, creator, "owner")] + [(room_id, m, "member") for m in others]
         )
         room = await _detail(conn, room_id, creator)
         payload = orjson.dumps({"room_id": str(room_id), "seq": 1, "room": room.model_dump(mode="json")})
@@ -135,28 +128,27 @@ async def create_room(engine: AsyncEngine, creator: str, name: str, members: lis
     return room
 
 
-async def _member(conn: AsyncConnection, room_id: uuid.UUID, user: str) -> Row[Any] | None:
-    return (await conn.execute(_MEMBER, {"room_id": room_id, "user": user})).first()
+async def _member(conn: asyncpg.Connection, room_id: uuid.UUID, user: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(_MEMBER, room_id, user)
 
 
 async def add_member(
     engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_id: str
 ) -> tuple[Member, bool]:
     """Adds user_id (owner only); returns the member and whether it was added now."""
-    async with engine.begin() as conn:
+    async with connection(engine) as conn, conn.transaction():
         await log.lock_room(conn, room_id)
         me = await _member(conn, room_id, caller)
         if me is None:
             raise not_found("room")
-        if me.role != "owner":
+        if me["role"] != "owner":
             raise Problem(403, "Only the room's owner can add members.", kind="forbidden")
         existing = await _member(conn, room_id, user_id)
         if existing is not None:
-            return Member(user_id=user_id, role=existing.role, last_read_seq=existing.last_read_seq), False
-        await conn.execute(
-            text("INSERT INTO members (room_id, user_id, role) VALUES (:room_id, :user, 'member')"),
-            {"room_id": room_id, "user": user_id},
-        )
+            return Member(
+                user_id=user_id, role=existing["role"], last_read_seq=existing["last_read_seq"]
+            ), False
+        await conn.execute(_INSERT_MEMBER, room_id, user_id, "member")
         member = Member(user_id=user_id, role="member", last_read_seq=0)
         seq = await log.next_seq(conn, room_id)
         payload = orjson.dumps(
@@ -168,25 +160,17 @@ async def add_member(
 
 async def remove_member(engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_id: str) -> None:
     """The owner removes anyone; a member removes itself (leaves)."""
-    async with engine.begin() as conn:
+    async with connection(engine) as conn, conn.transaction():
         await log.lock_room(conn, room_id)
         me = await _member(conn, room_id, caller)
         if me is None:
             raise not_found("room")
-        if caller != user_id and me.role != "owner":
+        if caller != user_id and me["role"] != "owner":
             raise Problem(403, "Only the room's owner can remove other members.", kind="forbidden")
-        removed = (
-            await conn.execute(
-                text(
-                    "DELETE FROM members WHERE room_id = :room_id AND user_id = :user "
-                    "RETURNING user_id, role, last_read_seq"
-                ),
-                {"room_id": room_id, "user": user_id},
-            )
-        ).first()
+        removed = await conn.fetchrow(_DELETE_MEMBER, room_id, user_id)
         if removed is None:
             raise not_found("member")
-        member = Member(user_id=removed.user_id, role=removed.role, last_read_seq=removed.last_read_seq)
+        member = Member(**removed)
         seq = await log.next_seq(conn, room_id)
         payload = orjson.dumps(
             {"room_id": str(room_id), "seq": seq, "member": member.model_dump(mode="json")}
