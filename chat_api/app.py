@@ -22,6 +22,7 @@ from chat_api.events.hub import Hub
 from chat_api.events.pruner import prune_periodically
 from chat_api.events.router import router as events_router
 from chat_api.health.router import router as health_router
+from chat_api.messages.ratelimit import SendRateLimiter
 from chat_api.messages.router import router as messages_router
 from chat_api.rooms.router import router as rooms_router
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.telemetry = telemetry
+    app.state.send_limiter = SendRateLimiter(settings.send_rate_per_second, settings.send_rate_burst)
     app.state.verifier = TokenVerifier(settings)
     # Set once shutdown begins: /readyz answers 503 and open streams end.
     app.state.draining = asyncio.Event()

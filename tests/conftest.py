@@ -62,6 +62,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "jwt_audience": None,
         "db_pool_size": 5,
         "db_pool_max_overflow": 10,
+        "send_rate_per_second": 0,  # off unless a test turns it on
     }
     values.update(overrides)
     return load_settings(**values)

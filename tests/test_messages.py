@@ -285,3 +285,16 @@ async def test_every_query_path_works_without_prepared_statement_cache(start_ser
     assert (await alice.http.put(f"/v1/rooms/{rid}/members/carol")).status_code == 201
     assert (await alice.http.delete(f"/v1/rooms/{rid}/members/carol")).status_code == 204
     assert (await bob.http.get("/v1/rooms")).json()["items"][0]["id"] == rid
+
+
+async def test_sending_too_fast_is_429_with_retry_after(start_server, make_user) -> None:  # type: ignore[no-untyped-def]
+    running = await start_server(send_rate_per_second=1, send_rate_burst=3)
+    alice, bob = make_user("alice", running.url), make_user("bob", running.url)
+    room = await alice.create_room(members=[bob])
+    results = [await alice.send(room["id"], f"burst {i}") for i in range(5)]
+    assert [r.status_code for r in results] == [201, 201, 201, 429, 429]
+    problem = assert_problem(results[3], 429)
+    assert int(results[3].headers["retry-after"]) >= 1 and "slow down" in problem["detail"].lower()
+    assert (await bob.send(room["id"], "others are not limited")).status_code == 201
+    history = (await bob.http.get(f"/v1/rooms/{room['id']}/messages")).json()["items"]
+    assert len(history) == 4, "refused sends store nothing"

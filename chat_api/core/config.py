@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # transaction mode. Defaults to the database URL itself.
     db_listen_url: SecretStr | None = Field(None, validation_alias=env("CHAT_API_DB_LISTEN_URL"))
 
+    # Sends per second per user in each process (a token bucket; 0 turns the limit off).
+    send_rate_per_second: float = Field(20.0, ge=0, validation_alias=env("CHAT_API_SEND_RATE_PER_SECOND"))
+    send_rate_burst: int = Field(60, ge=1, validation_alias=env("CHAT_API_SEND_RATE_BURST"))
+
     max_message_chars: int = Field(4000, ge=1, le=60000, validation_alias=env("CHAT_API_MAX_MESSAGE_CHARS"))
 
     event_retention_seconds: int = Field(

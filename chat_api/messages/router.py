@@ -32,7 +32,10 @@ def _check_length(body: str, settings: AppSettings) -> None:
     "/messages",
     status_code=201,
     response_model=Message,
-    responses={200: {"model": Message, "description": "Replay of an earlier request with the same key"}},
+    responses={
+        200: {"model": Message, "description": "Replay of an earlier request with the same key"},
+        429: {"description": "Sending too fast (Retry-After says when to try again)"},
+    },
 )
 async def send_message(
     request: Request,
@@ -50,6 +53,11 @@ async def send_message(
 ) -> Response:
     """Send a message (body up to CHAT_API_MAX_MESSAGE_CHARS characters)."""
     _check_length(new.body, settings)
+    wait = request.app.state.send_limiter.retry_after(user)
+    if wait:
+        raise Problem(
+            429, "Too many messages; slow down.", kind="rate-limited", headers={"Retry-After": str(wait)}
+        )
     sent = await service.send(engine, parse_room_id(room_id), user, new.body, new.reply_to, idempotency_key)
     if sent.replayed:
         return Response(sent.json, status_code=200, media_type=JSON, headers={"Idempotent-Replayed": "true"})
