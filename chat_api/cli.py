@@ -9,8 +9,9 @@ import sys
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
-from chat_api.core.config import ConfigError, Settings, load_settings
+from chat_api.core.config import ConfigError, load_settings
 from chat_api.core.logging import configure_logging
 
 log = logging.getLogger("chat_api")
@@ -35,10 +36,9 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_server(settings: Settings, host: str, port: int) -> None:
-    from chat_api.app import create_app
-
-    app = create_app(settings)
+def run_server(app: FastAPI, host: str, port: int, *, behind_proxy: bool) -> None:
+    """uvicorn with uvloop and httptools, one process. Behind a proxy (the ingress) it takes the
+    client address and scheme from X-Forwarded-* headers; the NetworkPolicy admits only the ingress."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -49,8 +49,8 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         access_log=False,
         log_config=None,
         server_header=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
+        proxy_headers=behind_proxy,
+        forwarded_allow_ips="*" if behind_proxy else None,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     Server(config, app.state.draining).run()
@@ -61,7 +61,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.require_database()
     settings.require_auth()
     configure_logging(settings)
-    run_server(settings, settings.host, settings.port)
+    from chat_api.app import create_app
+
+    run_server(create_app(settings), settings.host, settings.port, behind_proxy=True)
     return 0
 
 

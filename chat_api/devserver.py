@@ -82,30 +82,9 @@ def create_dev_app(settings: Settings) -> FastAPI:
     return app
 
 
-def run_dev_server(settings: Settings, host: str, port: int) -> None:
-    """cli.run_server's uvicorn, serving the dev app (loopback only: no proxy headers)."""
-    import uvicorn
-
-    from chat_api.cli import GRACEFUL_SHUTDOWN_SECONDS, Server
-
-    app = create_dev_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
-    Server(config, app.state.draining).run()
-
-
 def run_dev() -> int:
     from chat_api.auth.tokens import mint_token
+    from chat_api.cli import run_server
     from chat_api.core.migrations import migrate
 
     directory = data_dir()
@@ -132,7 +111,7 @@ def run_dev() -> int:
         base = f"http://{host}:{port}"
         tokens = {user: mint_token(secret, user, DEV_TOKEN_TTL) for user in DEV_USERS}
         print(_banner(base, tokens), flush=True)
-        run_dev_server(settings, host, port)
+        run_server(create_dev_app(settings), host, port, behind_proxy=False)
     finally:
         server.cleanup()  # type: ignore[attr-defined]
     return 0

@@ -1,0 +1,274 @@
+"""The web client in a real browser: alice and bob in two Chromium contexts against the dev app on a
+real server, which is restarted (same port) while their pages stay open."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
+
+from chat_api.app import create_app
+from chat_api.auth.tokens import mint_token
+from chat_api.devserver import create_dev_app
+from tests.conftest import TEST_SECRET, free_port, make_settings, serve
+from tests.web.conftest import ARTIFACTS, serve_on
+
+TIMEOUT_MS = 20_000
+
+
+class Person:
+    """One browser context (its own cookies and storage) with one page, signed in as `name`."""
+
+    def __init__(self, name: str, page: Any) -> None:
+        self.name = name
+        self.page = page
+        self.urls: list[str] = []
+        self.problems: list[str] = []
+        page.on("request", self._request)
+        page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
+        page.on("console", self._console)
+
+    def _request(self, request: Any) -> None:
+        self.urls.append(request.url)
+
+    def _console(self, message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            self.problems.append(f"CSP: {message.text}")
+
+    def message(self, text: str) -> Any:
+        """The sent (not pending) message whose body is exactly `text`."""
+        return self.page.locator("#messages li.message:not(.pending)").filter(
+            has=self.page.locator(".body", has_text=re.compile(f"^{re.escape(text)}$"))
+        )
+
+    def room(self, name: str) -> Any:
+        return self.page.locator("#room-list li").filter(has=self.page.locator(".room-name", has_text=name))
+
+    async def sign_in(self, base: str) -> None:
+        from playwright.async_api import expect
+
+        await self.page.goto(base + "/")
+        await self.page.get_by_label("Your name").fill(self.name)
+        await self.page.get_by_label("Your name").press("Enter")  # keyboard only
+        await expect(self.page.locator("#me")).to_have_text(self.name)
+        await expect(self.page.locator("#connection")).to_have_text("Live")
+
+    async def say(self, text: str) -> None:
+        box = self.page.get_by_label("Message", exact=True)
+        await box.fill(text)
+        await box.press("Enter")
+
+    async def token(self) -> str:
+        return str(await self.page.evaluate("sessionStorage.getItem('chat-api.token')"))
+
+
+async def test_two_people_chat_in_real_browsers_across_a_server_restart(
+    browser: Any, database_url: str
+) -> None:
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    started = time.monotonic()
+    ARTIFACTS.mkdir(exist_ok=True)
+    tag = uuid.uuid4().hex[:6]
+    settings = make_settings(database_url)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    lunch, history = f"Lunch {tag}", f"History {tag}"
+
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(serve_on(create_dev_app(settings), port))
+        contexts = [await browser.new_context(viewport={"width": 760, "height": 720}) for _ in range(2)]
+        for context in contexts:
+            stack.push_async_callback(context.close)
+        alice = Person(f"alice-{tag}", await contexts[0].new_page())
+        bob = Person(f"bob-{tag}", await contexts[1].new_page())
+        await alice.sign_in(base)
+        await bob.sign_in(base)
+
+        # alice creates a room with bob and says hello.
+        page = alice.page
+        if await page.locator("#new-room-box").get_attribute("open") is None:
+            await page.get_by_text("New room", exact=True).click()
+        await page.get_by_label("Room name").fill(lunch)
+        await page.get_by_label("Members").fill(bob.name)
+        await page.get_by_role("button", name="Create room").click()
+        await expect(page.locator("#room-title")).to_have_text(lunch)
+        await expect(page.locator("#room-members")).to_have_text(f"Members: {alice.name} (owner), {bob.name}")
+        await alice.say("hi bob")
+        await expect(alice.message("hi bob")).to_have_count(1)
+
+        # bob sees the room arrive live, with an unread badge; opening it reads it.
+        await expect(bob.room(lunch).locator(".badge")).to_have_text("1 unread")
+        await expect(bob.room(lunch).locator(".preview")).to_have_text(f"{alice.name}: hi bob")
+        await bob.room(lunch).get_by_role("button").click()
+        await expect(bob.message("hi bob")).to_be_visible()
+        await expect(bob.room(lunch).locator(".badge")).to_be_hidden()
+        await bob.say("hi alice, lunch at noon?")
+        await expect(alice.message("hi alice, lunch at noon?")).to_be_visible()
+
+        # alice edits and deletes her own messages; bob sees both live.
+        await alice.say("noon works")
+        await alice.say("oops, wrong room")
+        mine = alice.message("noon works")
+        await mine.get_by_role("button", name="Edit").click()
+        await page.get_by_label("Edit message").fill("noon works, see you there")
+        await page.get_by_label("Edit message").press("Enter")
+        await expect(bob.message("noon works, see you there").locator(".edited")).to_have_text("(edited)")
+        await alice.message("oops, wrong room").get_by_role("button", name="Delete").click()
+        await expect(bob.message("Message deleted")).to_have_count(1)
+        await expect(bob.page.get_by_text("oops, wrong room")).to_have_count(0)
+
+        # A second room with more history than one page, written through the API.
+        alice_http = httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {await alice.token()}"}, timeout=20
+        )
+        async with alice_http:
+            created = await alice_http.post("/v1/rooms", json={"name": history, "members": [bob.name]})
+            assert created.status_code == 201, created.text
+            room_id = created.json()["id"]
+            for i in range(1, 61):
+                sent = await alice_http.post(
+                    f"/v1/rooms/{room_id}/messages",
+                    json={"body": f"history {i:02d}"},
+                    headers={"Idempotency-Key": f"h{tag}{i}"},
+                )
+                assert sent.status_code == 201, sent.text
+        await expect(bob.room(history).locator(".badge")).to_have_text("60 unread")
+
+        # bob reloads: signed in still, the open room and its history are there.
+        await bob.page.reload()
+        await expect(bob.page.locator("#connection")).to_have_text("Live")
+        await expect(bob.page.locator("#room-title")).to_have_text(lunch)
+        await expect(bob.message("noon works, see you there")).to_be_visible()
+        await expect(bob.message("hi bob")).to_be_visible()
+        await expect(bob.room(history).locator(".badge")).to_have_text("60 unread")
+
+        # The newest page first; older ones as bob scrolls up (keyset: before the oldest seq shown).
+        await bob.room(history).get_by_role("button").click()
+        await expect(bob.message("history 60")).to_be_visible()
+        await expect(bob.page.locator("#messages li.message")).to_have_count(50)
+        await expect(bob.message("history 01")).to_have_count(0)
+        await bob.page.locator("#timeline").evaluate("el => { el.scrollTop = 0; }")
+        await expect(bob.message("history 01")).to_have_count(1)
+        await expect(bob.page.locator("#messages li.message")).to_have_count(60)
+        await expect(bob.page.locator("#history-start")).to_be_visible()
+        await expect(bob.room(history).locator(".badge")).to_be_hidden()
+
+        # A phone's width: one column, no sideways scrolling, a way back to the room list.
+        await bob.page.set_viewport_size({"width": 390, "height": 720})
+        assert await bob.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        await expect(bob.page.locator("#room-list")).to_be_hidden()
+        await bob.page.get_by_role("button", name="← Rooms").click()
+        await expect(bob.page.locator("#room-list")).to_be_visible()
+        await bob.room(lunch).get_by_role("button").click()
+        await expect(bob.message("hi bob")).to_be_visible()
+        await bob.page.screenshot(path=str(ARTIFACTS / "web-client-phone.png"))
+        await bob.page.set_viewport_size({"width": 760, "height": 720})
+
+        # The server restarts while both pages are open. Meanwhile alice's page sends (it retries
+        # with the same Idempotency-Key) and another replica takes a message from the API.
+        await server.stop()
+        await expect(bob.page.locator("#connection")).to_have_text("Reconnecting…")
+        await expect(alice.page.locator("#connection")).to_have_text("Reconnecting…")
+        await alice.say("sent while the server was down")
+        pending = alice.page.locator("#messages li.pending")
+        await expect(pending.locator(".status")).to_have_text("Not sent yet: retrying…")
+        await alice.page.screenshot(path=str(ARTIFACTS / "web-client-reconnecting.png"))
+        async with serve(settings, create_app(settings)) as replica:
+            token = mint_token(TEST_SECRET, alice.name, 600)
+            async with httpx.AsyncClient(base_url=replica.url, timeout=20) as other:
+                rooms = (await other.get("/v1/rooms", headers={"Authorization": f"Bearer {token}"})).json()
+                lunch_id = next(r["id"] for r in rooms["items"] if r["name"] == lunch)
+                r = await other.post(
+                    f"/v1/rooms/{lunch_id}/messages",
+                    json={"body": "sent through another replica"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert r.status_code == 201, r.text
+        restarted = StreamResumes(create_dev_app(settings))
+        server = await stack.enter_async_context(serve_on(restarted, port))  # type: ignore[arg-type]
+
+        for person in (bob, alice):
+            await expect(person.page.locator("#connection")).to_have_text("Live")
+            await expect(person.message("sent through another replica")).to_have_count(1)
+            await expect(person.message("sent while the server was down")).to_have_count(1)
+        await expect(pending).to_have_count(0)
+        await bob.say("back online")
+        await expect(alice.message("back online")).to_be_visible()
+        await expect(alice.room(lunch).locator(".badge")).to_be_hidden()  # read as it arrived
+        await expect(bob.room(lunch).locator(".badge")).to_be_hidden()
+        async with httpx.AsyncClient(base_url=base, timeout=20) as http:
+            r = await http.post(
+                f"/v1/rooms/{room_id}/messages",
+                json={"body": "one more for the badge"},
+                headers={"Authorization": f"Bearer {await alice.token()}"},
+            )
+            assert r.status_code == 201, r.text
+        await expect(bob.room(history).locator(".badge")).to_have_text("1 unread")
+
+        # Tokens never travel in URLs (the stream is authenticated by its HttpOnly cookie).
+        for person in (alice, bob):
+            token = await person.token()
+            assert token and all(token not in url for url in person.urls)
+            streams = [url for url in person.urls if "/v1/events" in url]
+            assert streams and all("session=" in url for url in streams), streams
+            assert not person.problems, person.problems
+        # Both pages resumed from where they were: the browser's own reconnect sends Last-Event-ID
+        # (a page that has had no event since it opened its stream resumes from the URL's cursor).
+        assert len(restarted.resumes) >= 2 and all(any(r) for r in restarted.resumes), restarted.resumes
+        assert any(header for header, _ in restarted.resumes), restarted.resumes
+        cookies = await contexts[1].cookies()
+        assert [(c["httpOnly"], c["sameSite"], c["path"]) for c in cookies] == [
+            (True, "Strict", "/v1/events")
+        ]
+
+        await save_side_by_side(alice, bob)
+    assert time.monotonic() - started < 120
+
+
+class StreamResumes:
+    """The app, noting where every /v1/events request it gets resumes from."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.state = app.state
+        self.resumes: list[tuple[str | None, str | None]] = []  # (Last-Event-ID, ?cursor=)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/events":
+            query = urllib.parse.parse_qs(scope["query_string"].decode())
+            self.resumes.append((Headers(scope=scope).get("last-event-id"), query.get("cursor", [None])[0]))
+        await self.app(scope, receive, send)
+
+
+async def save_side_by_side(*people: Person) -> None:
+    """test-artifacts/web-client.png: the pages next to each other (or one file each without Pillow)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shots: list[Path] = []
+    for person in people:
+        path = ARTIFACTS / f"web-client-{person.name.split('-')[0]}.png"
+        await person.page.screenshot(path=str(path))
+        shots.append(path)
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    images = [Image.open(path) for path in shots]
+    gap = 16
+    width = sum(image.width for image in images) + gap * (len(images) - 1)
+    combined = Image.new("RGB", (width, max(image.height for image in images)), "#808080")
+    x = 0
+    for image in images:
+        combined.paste(image, (x, 0))
+        x += image.width + gap
+    combined.save(ARTIFACTS / "web-client.png")

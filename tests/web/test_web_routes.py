@@ -1,0 +1,200 @@
+"""The web client's server side, without a browser: where it exists, /dev/token, the stream cookie."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from chat_api.auth.tokens import mint_token
+from chat_api.core.config import load_settings
+from chat_api.devserver import create_dev_app
+from chat_api.web.cookie import cookie_name, session_id
+from chat_api.web.router import CONTENT_SECURITY_POLICY
+from tests.conftest import TEST_SECRET, RunningServer, assert_problem, make_settings, serve
+
+
+@contextlib.asynccontextmanager
+async def client_of(running: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def web_server(database_url: str) -> AsyncIterator[RunningServer]:
+    """`serve` with CHAT_API_WEB_CLIENT=true."""
+    async with serve(make_settings(database_url, web_client=True)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def dev_server(database_url: str) -> AsyncIterator[RunningServer]:
+    settings = make_settings(database_url)
+    async with serve(settings, create_dev_app(settings)) as running:
+        yield running
+
+
+def user_token(prefix: str = "web") -> tuple[str, str]:
+    user = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return user, mint_token(TEST_SECRET, user, 3600)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def stream_status(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> int:
+    async with client.stream("GET", url, headers=headers) as response:
+        if response.status_code == 200:
+            assert response.headers["content-type"].startswith("text/event-stream")
+        else:
+            await response.aread()
+            assert_problem(response, response.status_code)
+        return response.status_code
+
+
+def test_web_client_setting_is_off_by_default_and_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CHAT_API_WEB_CLIENT", raising=False)
+    assert load_settings().web_client is False
+    monkeypatch.setenv("CHAT_API_WEB_CLIENT", "true")
+    assert load_settings().web_client is True
+
+
+async def test_serve_by_default_has_no_web_client_and_no_cookie_auth(server: RunningServer) -> None:
+    user, token = user_token()
+    session = session_id(user)
+    async with client_of(server) as client:
+        for path in ("/", "/web/app.js", "/web/index.html"):
+            assert_problem(await client.get(path), 404)
+        assert_problem(await client.post("/dev/token", json={"sub": "mallory"}), 404)
+        assert_problem(await client.post("/v1/session", headers=bearer(token)), 404)
+        cookie = {"Cookie": f"{cookie_name(session)}={token}"}
+        assert await stream_status(client, f"/v1/events?session={session}", cookie) == 401
+
+
+async def test_serve_with_the_web_client_serves_it_but_has_no_dev_token(web_server: RunningServer) -> None:
+    async with client_of(web_server) as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert '<script type="module" src="/web/app.js">' in page.text
+        assert_problem(await client.post("/dev/token", json={"sub": "mallory"}), 404)
+        assert "/dev/token" not in (await client.get("/openapi.json")).text
+        # The web client adds no catch-all: unknown paths and wrong methods keep their problems.
+        assert_problem(await client.get("/nope"), 404)
+        assert_problem(await client.delete("/v1/rooms"), 405)
+
+
+@pytest.mark.parametrize("path", ["/", "/web/app.js", "/web/style.css", "/web/api.js", "/web/stream.js"])
+async def test_page_and_assets_carry_a_strict_content_security_policy(
+    web_server: RunningServer, path: str
+) -> None:
+    async with client_of(web_server) as client:
+        r = await client.get(path)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "default-src 'self'" in CONTENT_SECURITY_POLICY and "unsafe" not in CONTENT_SECURITY_POLICY
+    assert r.headers["x-content-type-options"] == "nosniff"
+    if path.endswith(".js"):
+        assert "javascript" in r.headers["content-type"]
+
+
+async def test_page_loads_nothing_from_elsewhere(web_server: RunningServer) -> None:
+    async with client_of(web_server) as client:
+        html = (await client.get("/")).text
+        scripts = [(await client.get(f"/web/{name}")).text for name in ("app.js", "api.js", "stream.js")]
+    for text in [html, *scripts]:
+        assert "http://" not in text and "https://" not in text, "everything must come from this origin"
+
+
+async def test_dev_token_mints_a_working_token_in_dev(dev_server: RunningServer) -> None:
+    user = f"dev-{uuid.uuid4().hex[:8]}"
+    async with client_of(dev_server) as client:
+        r = await client.post("/dev/token", json={"sub": user})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["sub"] == user and body["expires_in"] > 0
+        rooms = await client.get("/v1/rooms", headers=bearer(body["token"]))
+        assert rooms.status_code == 200, rooms.text
+        # ... and the dev app has the web client on, without CHAT_API_WEB_CLIENT.
+        assert (await client.get("/")).status_code == 200
+        assert_problem(await client.post("/dev/token", json={}), 422)
+        assert_problem(await client.post("/dev/token", json={"sub": ""}), 422)
+        assert_problem(await client.post("/dev/token", json={"sub": "x", "admin": True}), 422)
+
+
+async def test_session_sets_an_httponly_strict_cookie_scoped_to_the_stream(web_server: RunningServer) -> None:
+    user, token = user_token()
+    async with client_of(web_server) as client:
+        assert_problem(await client.post("/v1/session"), 401)
+        r = await client.post("/v1/session", headers=bearer(token))
+        assert r.status_code == 200, r.text
+        session = session_id(user)
+        assert r.json() == {
+            "user": user,
+            "stream_session": session,
+            "events_url": f"/v1/events?session={session}",
+        }
+        assert token not in r.json()["events_url"]
+        set_cookie = r.headers["set-cookie"]
+        attributes = [part.strip().lower() for part in set_cookie.split(";")]
+        assert set_cookie.startswith(f"{cookie_name(session)}={token};")
+        assert (
+            "httponly" in attributes and "samesite=strict" in attributes and "path=/v1/events" in attributes
+        )
+        assert "secure" not in attributes  # plain http on loopback; set over https
+        assert any(a.startswith("max-age=") and 3500 < int(a.split("=")[1]) <= 3600 for a in attributes)
+        assert r.headers["cache-control"] == "no-store"
+
+        out = await client.delete("/v1/session", headers=bearer(token))
+        assert out.status_code == 204
+        assert out.headers["set-cookie"].startswith(f'{cookie_name(session)}=""') or "max-age=0" in (
+            out.headers["set-cookie"].lower()
+        )
+
+
+async def test_the_cookie_authenticates_only_get_v1_events(
+    web_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chat_api.access")
+    user, token = user_token()
+    session = session_id(user)
+    cookie = {"Cookie": f"{cookie_name(session)}={token}"}
+    async with client_of(web_server) as client:
+        assert await stream_status(client, f"/v1/events?session={session}", cookie) == 200
+        # The resume cursor still works beside it.
+        rooms = (await client.get("/v1/rooms", headers=bearer(token))).json()
+        url = f"/v1/events?session={session}&cursor={rooms['stream_cursor']}"
+        assert await stream_status(client, url, cookie) == 200
+
+        # Not without naming the cookie, not with another name, not for anything else.
+        assert await stream_status(client, "/v1/events", cookie) == 401
+        assert await stream_status(client, f"/v1/events?session={session_id('someone-else')}", cookie) == 401
+        assert await stream_status(client, "/v1/events?session=..%2F", cookie) == 401
+        assert_problem(await client.get("/v1/rooms", headers=cookie), 401)
+        assert_problem(await client.get(f"/v1/rooms?session={session}", headers=cookie), 401)
+        created = await client.post(f"/v1/rooms?session={session}", headers=cookie, json={"name": "csrf"})
+        assert_problem(created, 401)
+        assert_problem(await client.post("/v1/session", headers=cookie), 401)
+
+        # The Authorization header wins: a bad bearer token is refused even beside a good cookie.
+        bad = {**cookie, "Authorization": "Bearer not-a-jwt"}
+        assert await stream_status(client, f"/v1/events?session={session}", bad) == 401
+        # A cookie holding a bad token is refused like a bad header, with the same 401 problem.
+        forged = {"Cookie": f"{cookie_name(session)}={mint_token('x' * 40, user, 3600)}"}
+        async with client.stream("GET", f"/v1/events?session={session}", headers=forged) as r:
+            await r.aread()
+        body = assert_problem(r, 401)
+        assert body["type"].endswith("/unauthorized") and "signature" in body["detail"]
+        assert r.headers["www-authenticate"].startswith('Bearer realm="chat-api", error="invalid_token"')
+
+    # What the access log says about those requests: the route template, never the token.
+    lines: list[dict[str, Any]] = [{"msg": rec.getMessage(), **rec.__dict__} for rec in caplog.records]
+    assert any(line.get("http.route") == "/v1/events" for line in lines), lines
+    assert all(token not in str(line) for line in lines)
