@@ -1,4 +1,4 @@
-"""Who may do what: every endpoint × {owner, member, removed member, outsider, no token}, in one
+"""Who may do what: every endpoint by {owner, member, removed member, outsider, no token}, in one
 table. Each case runs on a fresh room, so a case that changes something cannot hide another."""
 
 from __future__ import annotations

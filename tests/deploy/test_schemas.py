@@ -1,0 +1,134 @@
+"""Every overlay renders with `kubectl kustomize`; core kinds validate strictly against the Kubernetes
+schemas (kubernetes-validate, the same check as its `--strict` CLI flag), custom resources against the
+upstream CRD schemas (jsonschema)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+
+from tests.deploy.manifests import (
+    CRD_FILES,
+    DEPLOY,
+    CrdSchemas,
+    Obj,
+    crds_dir_from_env,
+    is_custom,
+    kustomize,
+    one,
+    require_crds_dir,
+)
+
+# The cluster version the manifests are checked against (kubernetes-validate knows 1.25 to 1.37).
+KUBERNETES_VERSION = "1.34.0"
+
+EXPECTED_KINDS = {
+    "dev": {
+        "ServiceAccount",
+        "ConfigMap",
+        "NetworkPolicy",
+        "Cluster",
+        "Job",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "Ingress",
+    },
+}
+EXPECTED_KINDS["prd"] = EXPECTED_KINDS["dev"] | {"HorizontalPodAutoscaler"}
+
+
+def test_overlay_renders_the_expected_objects(overlay: tuple[str, list[Obj]]) -> None:
+    name, objs = overlay
+    kinds = [o["kind"] for o in objs]
+    assert set(kinds) == EXPECTED_KINDS[name]
+    assert len(kinds) == len(set(kinds)), f"one object per kind expected: {sorted(kinds)}"
+
+
+def test_core_kinds_validate_strictly(overlay: tuple[str, list[Obj]]) -> None:
+    _, objs = overlay
+    core = [o for o in objs if not is_custom(o)]
+    assert core
+    for obj in core:
+        # Raises ValidationError (unknown field, wrong type, missing required field).
+        kubernetes_validate.validate(copy.deepcopy(obj), KUBERNETES_VERSION, strict=True)
+
+
+def test_gateway_component_core_kinds_validate_strictly() -> None:
+    objs = kustomize(DEPLOY / "components" / "gateway-api")
+    for obj in objs:
+        if obj["kind"] != "HTTPRoute":  # a Gateway API CRD kind: checked in test_gateway_component.py
+            kubernetes_validate.validate(copy.deepcopy(obj), KUBERNETES_VERSION, strict=True)
+
+
+def test_cnpg_cluster_matches_the_crd_schema(overlay: tuple[str, list[Obj]], crd_schemas: CrdSchemas) -> None:
+    _, objs = overlay
+    cluster = one(objs, "Cluster", "chat-db-cnpg")
+    assert crd_schemas.errors(cluster) == []
+
+
+def test_argocd_objects_match_their_crd_schemas(argocd_objects: list[Obj], crd_schemas: CrdSchemas) -> None:
+    kinds = sorted(o["kind"] for o in argocd_objects)
+    assert kinds == ["Application", "Application", "ImageUpdater", "ImageUpdater"]
+    for obj in argocd_objects:
+        assert is_custom(obj)
+        assert crd_schemas.errors(obj) == [], obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "mutate", "expected"),
+    [
+        # A typo the API server would prune silently.
+        (
+            "ImageUpdater",
+            lambda o: o["spec"]["writeBackConfig"]["gitConfig"].update(writeBackTarge="x"),
+            "writeBackTarge",
+        ),
+        ("ImageUpdater", lambda o: o["spec"]["writeBackConfig"].update(method="gti"), "does not match"),
+        (
+            "ImageUpdater",
+            lambda o: o["spec"]["applicationRefs"][0]["images"][0].pop("imageName"),
+            "imageName",
+        ),
+        ("Application", lambda o: o["spec"]["syncPolicy"]["automated"].update(prune="yes"), "not of type"),
+        ("Cluster", lambda o: o["spec"].update(instances="3"), "not of type"),
+        ("Cluster", lambda o: o["spec"]["bootstrap"]["initdb"].update(databse="chat"), "databse"),
+    ],
+    ids=["unknown-field", "bad-method", "missing-image-name", "bad-bool", "bad-int", "typo-initdb"],
+)
+def test_crd_validation_rejects_broken_objects(
+    kind: str,
+    mutate: object,
+    expected: str,
+    argocd_objects: list[Obj],
+    rendered: dict[str, list[Obj]],
+    crd_schemas: CrdSchemas,
+) -> None:
+    source = rendered["dev"] if kind == "Cluster" else argocd_objects
+    obj = copy.deepcopy(next(o for o in source if o["kind"] == kind))
+    mutate(obj)  # type: ignore[operator]
+    errors = crd_schemas.errors(obj)
+    assert any(expected in error for error in errors), errors
+
+
+def test_crd_folder_holds_every_schema_the_tests_use(crds_dir: Path) -> None:
+    for filename in CRD_FILES.values():
+        assert (crds_dir / filename).is_file(), f"{crds_dir / filename} is missing"
+
+
+def test_missing_crd_folder_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CHAT_API_CRDS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(
+        pytest.fail.Exception, match=r"CRD schema folder .* does not exist: set CHAT_API_CRDS_DIR"
+    ):
+        require_crds_dir()
+
+
+def test_crd_folder_defaults_beside_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHAT_API_CRDS_DIR", raising=False)
+    assert crds_dir_from_env().parts[-2:] == ("shared", "crds")
