@@ -80,24 +80,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from chat_api.core.db import new_engine
-    from chat_api.events.pruner import prune_once
+    from chat_api.events.reader import prune
 
     settings = load_settings()
     settings.require_database()
     configure_logging(settings)
 
-    async def run() -> int | None:
+    async def run() -> int:
         engine = new_engine(settings)
         try:
-            return await prune_once(settings, engine)
+            return await prune(engine, settings.event_retention_seconds)
         finally:
             await engine.dispose()
 
     deleted = asyncio.run(run())
-    if deleted is None:
-        log.info("another process is pruning the event log right now; nothing done")
-    else:
-        log.info("pruned %d events older than %d s", deleted, settings.event_retention_seconds)
+    log.info("pruned %d events older than %d s", deleted, settings.event_retention_seconds)
     return 0
 
 

@@ -17,7 +17,7 @@ from chat_api.core.config import Settings
 from chat_api.core.db import new_engine
 from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, Subscription
-from chat_api.events.pruner import prune_once
+from chat_api.events.reader import prune
 from tests.conftest import RunningServer, ServerFactory, User, UserFactory, assert_problem
 from tests.sse import open_stream
 
@@ -277,7 +277,7 @@ async def test_cursor_older_than_the_retained_log_gets_reset(
         await db.close()
     engine = new_engine(settings)
     try:
-        assert await prune_once(settings, engine)
+        assert await prune(engine, settings.event_retention_seconds)
     finally:
         await engine.dispose()
     async with open_stream(server.url, alice.token, last_event_id=old_cursor) as stream:
@@ -296,7 +296,7 @@ async def test_pruning_keeps_recent_events(settings: Settings, alice: User, serv
     await alice.send(room["id"], "recent")
     engine = new_engine(settings)
     try:
-        await prune_once(settings, engine)
+        await prune(engine, settings.event_retention_seconds)
     finally:
         await engine.dispose()
     async with open_stream(server.url, alice.token, last_event_id=cursor) as stream:

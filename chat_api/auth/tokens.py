@@ -11,6 +11,7 @@ import httpx
 import jwt
 
 from chat_api.core.config import Settings
+from chat_api.core.wire import storable
 
 log = logging.getLogger("chat_api.auth")
 
@@ -119,7 +120,7 @@ class TokenVerifier:
         except jwt.InvalidTokenError:
             raise InvalidToken("token is not valid") from None
         subject = claims["sub"]
-        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS or not storable(subject):
             raise InvalidToken("token subject is not valid")
         return subject
 

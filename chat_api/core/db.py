@@ -34,17 +34,21 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012 - SQLAlchemy's own hook
 
 
-# Every connection speaks UTC and cannot sit idle inside a transaction for long: an open transaction
-# holds back the event stream's horizon (see chat_api/events/log.py).
-SERVER_SETTINGS = {
-    "TimeZone": "UTC",
-    "idle_in_transaction_session_timeout": "15000",
-}
+# Every connection speaks UTC (a startup parameter PgBouncer passes on). The limit on sessions idle
+# inside a transaction, which would hold back the event stream's horizon (see events/log.py), is a
+# database default set by migration 0002: PgBouncer refuses it as a startup parameter.
+SERVER_SETTINGS = {"TimeZone": "UTC"}
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
     """asyncpg connect() arguments that do not depend on where we connect."""
-    args: dict[str, Any] = {"server_settings": dict(SERVER_SETTINGS), "command_timeout": settings.db_timeout}
+    args: dict[str, Any] = {
+        "server_settings": dict(SERVER_SETTINGS),
+        "command_timeout": settings.db_timeout,
+        # Connecting is bounded too (asyncpg waits 60 s by default, e.g. for a database that hangs);
+        # a connect_timeout in the URL wins (it is applied per connection, after these).
+        "timeout": settings.db_timeout,
+    }
     if not settings.db_statement_cache:
         # Behind PgBouncer in transaction mode a prepared statement may land on another server
         # connection: no cache, and a unique name for each statement (SQLAlchemy asyncpg docs).
@@ -88,9 +92,14 @@ DbEngine = Annotated[AsyncEngine, Depends(_engine)]
 
 # Failures that mean the connection itself is unusable: it must not go back to the pool.
 CONNECTION_LOST = (
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.PostgresConnectionError,  # class 08, e.g. ConnectionDoesNotExistError
+    # The server ends the session: shutdown, crash restart, not accepting connections yet.
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InterfaceError,
+    # The protocol is stuck mid-message, e.g. a FATAL that arrived while the connection was idle.
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     TimeoutError,
 )
@@ -103,11 +112,15 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     from the pool instead of being handed out again."""
     async with engine.connect() as pooled:
         raw = (await pooled.get_raw_connection()).driver_connection
-        if raw is None or raw.is_closed():
+        # A database restart closes every pooled connection at once: drop each dead one (the pool
+        # connects afresh in its place) until a live one comes, not just the first.
+        while raw is None or raw.is_closed():
             await pooled.invalidate()
             raw = (await pooled.get_raw_connection()).driver_connection
         try:
             yield raw
         except CONNECTION_LOST:
+            # No goodbye on a broken connection: SQLAlchemy would wait up to 2 s for a hung server.
+            raw.terminate()
             await pooled.invalidate()
             raise

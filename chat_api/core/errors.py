@@ -6,10 +6,12 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import orjson
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -17,6 +19,57 @@ log = logging.getLogger("chat_api.errors")
 
 # Domain problem types are tag URIs (RFC 4151): stable identifiers, listed in docs/api.md.
 PROBLEM_TYPE_BASE = "tag:chat-api,2026:problem/"
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error answer (RFC 9457), served as application/problem+json."""
+
+    type: str = Field(description="about:blank, or a tag:chat-api,2026:problem/<kind> URI (docs/api.md)")
+    title: str = Field(description="The HTTP status phrase")
+    status: int
+    detail: str = Field(description="What went wrong, for a human")
+    errors: list[dict[str, Any]] | None = Field(None, description="Validation problems: loc, msg, type")
+
+
+PROBLEM_DESCRIPTIONS = {
+    400: "Malformed request (e.g. a cursor this service did not hand out, a body that is not JSON)",
+    401: "Missing, malformed, expired or foreign bearer token",
+    403: "A member without the right for this action",
+    404: "No such room (also: not a member), message or member",
+    409: "The message is deleted",
+    413: "Request body over 64 KiB",
+    422: "The request does not fit the schema",
+    429: "Too many requests (Retry-After says when to try again)",
+    431: "Request headers too large",
+    503: "The database is unavailable or the instance is shutting down (Retry-After)",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for these error statuses (see openapi_with_problem_types)."""
+    return {
+        status: {"model": ProblemDetails, "description": PROBLEM_DESCRIPTIONS[status]} for status in statuses
+    }
+
+
+def serve_problems_in_openapi(app: FastAPI) -> None:
+    """Makes the app's OpenAPI document say what the service sends: every error response as
+    application/problem+json (FastAPI documents a response model as application/json)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # FastAPI caches it as app.openapi_schema; adjusted in place below
+        for path in schema["paths"].values():
+            for operation in path.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if status.isdigit() and int(status) >= 400 and "application/json" in content:
+                        content["application/problem+json"] = content.pop("application/json")
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class Problem(Exception):
@@ -105,13 +158,46 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+# Raised by statements on the pooled asyncpg connection itself (see core/db.py), or wrapped by
+# SQLAlchemy when connecting: the connection broke (class 08), the server is shutting down, crashed
+# or still starting up (57P01-57P03), or a FATAL reached an idle pooled connection and left its
+# protocol mid-message (InternalClientError). The database is gone, not the request wrong.
+ASYNCPG_UNAVAILABLE = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InternalClientError,
+)
+
 DATABASE_UNAVAILABLE = (
     sqlalchemy.exc.TimeoutError,
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     ConnectionError,
     TimeoutError,
+    *ASYNCPG_UNAVAILABLE,
 )
+
+
+def _database_lost(exc: BaseException | None) -> bool:
+    """asyncpg's InterfaceError for a connection that broke under the request ("connection is
+    closed", "...: the underlying connection is closed"), or an error caused by one of
+    ASYNCPG_UNAVAILABLE (SQLAlchemy's generic DBAPIError for "the database system is starting up"
+    while connecting). Any other InterfaceError or DBAPIError is a bug: 500."""
+    while exc is not None:
+        if isinstance(exc, ASYNCPG_UNAVAILABLE):
+            return True
+        if isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+async def _database_unavailable_or_unexpected(request: Request, exc: Exception) -> Response:
+    if _database_lost(exc):
+        return await _database_unavailable(request, exc)
+    return await _unexpected(request, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -125,4 +211,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     for exc_type in DATABASE_UNAVAILABLE:
         app.add_exception_handler(exc_type, _database_unavailable)
+    for exc_type in (asyncpg.exceptions.InterfaceError, sqlalchemy.exc.DBAPIError):
+        app.add_exception_handler(exc_type, _database_unavailable_or_unexpected)
     app.add_exception_handler(Exception, _unexpected)

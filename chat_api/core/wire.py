@@ -23,14 +23,21 @@ def format_timestamp(value: datetime) -> str:
 Timestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
 
 
-def _storable(value: str) -> str:
-    # PostgreSQL text holds neither NUL nor lone surrogates; refuse them here rather than fail later.
+def storable(value: str) -> bool:
+    """PostgreSQL text holds neither NUL nor lone surrogates."""
     if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+        return False
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+        return False
+    return True
+
+
+def _storable(value: str) -> str:
+    # Refuse what PostgreSQL cannot store here, with a clear message, rather than fail later.
+    if not storable(value):
+        raise ValueError("must not contain NUL characters or lone surrogates")
     return value
 
 

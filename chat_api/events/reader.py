@@ -88,13 +88,18 @@ async def replay(
 
 
 PRUNE_BATCH = 10_000
+PRUNE_LOCK_KEY = 0x63686174_70727565  # "chat" "prue"
 
+# One batch: the transaction-level lock keeps two replicas from deleting the same rows at once
+# (it works through a transaction pooler, unlike a session lock); no lock, no row back.
 _PRUNE = f"""
-WITH edge AS (
+WITH locked AS (
+    SELECT pg_try_advisory_xact_lock({PRUNE_LOCK_KEY}) AS ok
+), edge AS (
     SELECT xid, id FROM (
         SELECT xid, id, created_at FROM events WHERE xid < {HORIZON_SQL} ORDER BY xid, id LIMIT {PRUNE_BATCH}
     ) AS oldest
-    WHERE created_at < now() - make_interval(secs => $1)
+    WHERE created_at < now() - make_interval(secs => $1) AND (SELECT ok FROM locked)
     ORDER BY xid DESC, id DESC LIMIT 1
 ), gone AS (
     DELETE FROM events e USING edge WHERE (e.xid, e.id) <= (edge.xid, edge.id) RETURNING 1
@@ -105,11 +110,12 @@ RETURNING (SELECT count(*) FROM gone)
 
 
 async def prune(engine: AsyncEngine, retention_seconds: int) -> int:
-    """Deletes events older than the retention, oldest first; returns how many. A cursor from before
-    the new low-water mark gets `event: reset` instead of a partial replay."""
+    """Deletes events older than the retention, oldest first, in batches; returns how many. A cursor
+    from before the new low-water mark gets `event: reset` instead of a partial replay. Replicas
+    pruning at the same time take turns batch by batch (or find nothing left to do)."""
     total = 0
     while True:
-        async with connection(engine) as conn:
+        async with connection(engine) as conn, conn.transaction():
             deleted = await conn.fetchval(_PRUNE, float(retention_seconds))
         if not deleted:
             return total

@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DbEngine, connection
-from chat_api.core.errors import Problem, not_found
+from chat_api.core.errors import Problem, not_found, problem_responses
 from chat_api.core.wire import parse_room_id
 from chat_api.events.cursor import Cursor, MalformedCursor
 from chat_api.events.hub import END, Hub, ShuttingDown, Subscription, TooManyStreams
@@ -39,9 +39,7 @@ continue from its id. A comment line is sent as a heartbeat."""
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": STREAM_DOC},
-        400: {"description": "Malformed cursor"},
-        404: {"description": "room_id names no room of yours"},
-        429: {"description": "Too many open streams for this user"},
+        **problem_responses(400, 401, 404, 422, 429, 431, 503),
     },
 )
 async def events(

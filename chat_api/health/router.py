@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from chat_api.core.db import DbEngine, connection
-from chat_api.core.errors import problem_response
+from chat_api.core.errors import problem_response, problem_responses
 from chat_api.core.migrations import head_revision
 
 router = APIRouter(tags=["health"])
@@ -23,7 +23,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready; the detail says why"}})
+@router.get("/readyz", responses=problem_responses(503))
 async def readyz(request: Request, engine: DbEngine) -> Response:
     """Ready for traffic: the database answers and its schema is at the migration head."""
     if request.app.state.draining.is_set():

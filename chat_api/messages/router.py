@@ -9,13 +9,15 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DbEngine
-from chat_api.core.errors import Problem
+from chat_api.core.errors import Problem, problem_responses
 from chat_api.core.wire import parse_room_id
 from chat_api.messages import service
 from chat_api.messages.schemas import MAX_SEQ, Message, MessageEdit, MessagePage, NewMessage, ReadMarker
 from chat_api.rooms.router import RoomIdPath
 
-router = APIRouter(prefix="/v1/rooms/{room_id}", tags=["messages"])
+router = APIRouter(
+    prefix="/v1/rooms/{room_id}", tags=["messages"], responses=problem_responses(401, 404, 422, 431, 503)
+)
 
 Seq = Annotated[int, Path(ge=1, le=MAX_SEQ)]
 JSON = "application/json"
@@ -34,7 +36,7 @@ def _check_length(body: str, settings: AppSettings) -> None:
     response_model=Message,
     responses={
         200: {"model": Message, "description": "Replay of an earlier request with the same key"},
-        429: {"description": "Sending too fast (Retry-After says when to try again)"},
+        **problem_responses(400, 413, 429),
     },
 )
 async def send_message(
@@ -91,7 +93,7 @@ async def get_message(room_id: RoomIdPath, seq: Seq, user: CurrentUser, engine: 
     return Response(await service.get_one(engine, parse_room_id(room_id), user, seq), media_type=JSON)
 
 
-@router.patch("/messages/{seq}", response_model=Message)
+@router.patch("/messages/{seq}", response_model=Message, responses=problem_responses(400, 403, 409, 413))
 async def edit_message(
     room_id: RoomIdPath,
     seq: Seq,
@@ -105,14 +107,14 @@ async def edit_message(
     return Response(await service.edit(engine, parse_room_id(room_id), user, seq, edit.body), media_type=JSON)
 
 
-@router.delete("/messages/{seq}", status_code=204)
+@router.delete("/messages/{seq}", status_code=204, responses=problem_responses(403))
 async def delete_message(room_id: RoomIdPath, seq: Seq, user: CurrentUser, engine: DbEngine) -> Response:
     """Delete a message (its sender or the room's owner); it stays in history as a tombstone."""
     await service.delete(engine, parse_room_id(room_id), user, seq)
     return Response(status_code=204)
 
 
-@router.post("/read", status_code=204)
+@router.post("/read", status_code=204, responses=problem_responses(400, 413))
 async def mark_read(room_id: RoomIdPath, marker: ReadMarker, user: CurrentUser, engine: DbEngine) -> Response:
     """Move your read marker forward (never back; clamped to the room's last_seq)."""
     await service.mark_read(engine, parse_room_id(room_id), user, marker.seq)

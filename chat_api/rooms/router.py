@@ -8,22 +8,23 @@ from fastapi import APIRouter, Path, Query, Response
 
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.db import DbEngine
+from chat_api.core.errors import problem_responses
 from chat_api.core.wire import parse_room_id
 from chat_api.rooms import service
 from chat_api.rooms.schemas import Member, NewRoom, RoomDetail, RoomPage, UserId
 
-router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
+router = APIRouter(prefix="/v1/rooms", tags=["rooms"], responses=problem_responses(401, 422, 431, 503))
 
 RoomIdPath = Annotated[str, Path(description="The room's opaque id.")]
 
 
-@router.post("", status_code=201, response_model=RoomDetail)
+@router.post("", status_code=201, response_model=RoomDetail, responses=problem_responses(400, 413))
 async def create_room(new: NewRoom, user: CurrentUser, engine: DbEngine) -> RoomDetail:
     """Create a room; you become its owner and the listed users its members."""
     return await service.create_room(engine, user, new.name, new.members)
 
 
-@router.get("", response_model=RoomPage)
+@router.get("", response_model=RoomPage, responses=problem_responses(400))
 async def list_rooms(
     user: CurrentUser,
     engine: DbEngine,
@@ -36,7 +37,7 @@ async def list_rooms(
     return await service.list_rooms(engine, user, limit, cursor)
 
 
-@router.get("/{room_id}", response_model=RoomDetail)
+@router.get("/{room_id}", response_model=RoomDetail, responses=problem_responses(404))
 async def get_room(room_id: RoomIdPath, user: CurrentUser, engine: DbEngine) -> RoomDetail:
     """One of your rooms, with its members."""
     return await service.get_room(engine, parse_room_id(room_id), user)
@@ -46,7 +47,7 @@ async def get_room(room_id: RoomIdPath, user: CurrentUser, engine: DbEngine) -> 
     "/{room_id}/members/{user_id}",
     response_model=Member,
     status_code=201,
-    responses={200: {"model": Member, "description": "Already a member"}},
+    responses={200: {"model": Member, "description": "Already a member"}, **problem_responses(403, 404)},
 )
 async def add_member(
     room_id: RoomIdPath,
@@ -62,7 +63,7 @@ async def add_member(
     return member
 
 
-@router.delete("/{room_id}/members/{user_id}", status_code=204)
+@router.delete("/{room_id}/members/{user_id}", status_code=204, responses=problem_responses(403, 404))
 async def remove_member(
     room_id: RoomIdPath, user_id: Annotated[UserId, Path()], user: CurrentUser, engine: DbEngine
 ) -> Response:

@@ -1,0 +1,1 @@
+"""Reliability: fault injection against real processes, and hostile input."""
