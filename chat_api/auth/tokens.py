@@ -7,7 +7,6 @@ import logging
 import time
 from typing import Any
 
-import httpx
 import jwt
 
 from chat_api.core.config import Settings
@@ -50,6 +49,8 @@ class JwksCache:
         async with self._lock:
             if not force and time.monotonic() - self.fetched_at < JWKS_MIN_REFRESH_SECONDS:
                 return
+            import httpx  # only JWKS deployments need it: keeps it out of start-up otherwise
+
             try:
                 async with httpx.AsyncClient(timeout=5.0) as client:
                     response = await client.get(self.url)

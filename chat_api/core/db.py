@@ -5,6 +5,7 @@ the hot paths (see bench/ and the README's Performance section)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from fastapi import Depends, Request
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import QueuePool
 
 from chat_api.core.config import Settings
 
@@ -110,6 +112,11 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection as the asyncpg connection. Run statements with `$n` parameters and
     explicit `async with conn.transaction():` blocks; a connection that broke meanwhile is dropped
     from the pool instead of being handed out again."""
+    # One deadline for the database work of a `connection()` block, from asking for a connection
+    # to giving it back: CHAT_API_DB_TIMEOUT (the pool's timeout). See `cut` below.
+    loop = asyncio.get_running_loop()
+    timeout = engine.pool.timeout() if isinstance(engine.pool, QueuePool) else None
+    deadline = None if timeout is None else loop.time() + timeout
     async with engine.connect() as pooled:
         raw = (await pooled.get_raw_connection()).driver_connection
         # A database restart closes every pooled connection at once: drop each dead one (the pool
@@ -117,6 +124,9 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
         while raw is None or raw.is_closed():
             await pooled.invalidate()
             raw = (await pooled.get_raw_connection()).driver_connection
+        # At the deadline the connection is cut: a statement in flight fails at once, and so does the
+        # ROLLBACK after it, which on a hung server would wait as long again for asyncpg's cancel.
+        cut = None if deadline is None else loop.call_at(deadline, raw.terminate)
         try:
             yield raw
         except CONNECTION_LOST:
@@ -124,3 +134,6 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
             raw.terminate()
             await pooled.invalidate()
             raise
+        finally:
+            if cut is not None:
+                cut.cancel()

@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider, Observation
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import NoOpTracerProvider, Tracer
 
 import chat_api
+
+if TYPE_CHECKING:
+    from chat_api.core.telemetry_sdk import TelemetrySdk
 
 log = logging.getLogger("chat_api.telemetry")
 
@@ -40,7 +32,7 @@ def _env(name: str) -> str | None:
     return value or None
 
 
-def _protocol(signal: str) -> str:
+def protocol(signal: str) -> str:
     protocol = _env(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or _env("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
     if protocol not in ("grpc", "http/protobuf"):
         raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not grpc or http/protobuf")
@@ -62,38 +54,6 @@ def signal_enabled(signal: str) -> bool:
 
 def enabled() -> bool:
     return any(signal_enabled(signal) for signal in SIGNALS)
-
-
-def resource() -> Resource:
-    """service.name (OTEL_SERVICE_NAME, default chat-api), service.version, and whatever
-    OTEL_RESOURCE_ATTRIBUTES adds (deployment.environment, k8s.* from the downward API)."""
-    attributes: dict[str, Any] = {"service.version": chat_api.__version__}
-    merged = Resource.create(attributes)
-    if str(merged.attributes.get("service.name", "")).startswith("unknown_service"):
-        merged = merged.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
-    return merged
-
-
-def _exporter(signal: str) -> Any:
-    # The exporters read endpoint, headers, timeout, TLS and compression from the OTEL_* variables.
-    grpc = _protocol(signal) == "grpc"
-    if signal == "TRACES":
-        if grpc:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-        return OTLPSpanExporter()
-    if signal == "LOGS":
-        if grpc:
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # type: ignore[assignment]
-        return OTLPLogExporter()
-    if grpc:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # type: ignore[assignment]
-    return OTLPMetricExporter()
 
 
 class _DeferredTracerProvider(trace.TracerProvider):
@@ -123,9 +83,7 @@ class Telemetry:
         self.enabled = enabled()
         self.tracer_provider = _DeferredTracerProvider()
         self.meter_provider = _DeferredMeterProvider()
-        self._sdk: tuple[TracerProvider, SdkMeterProvider, LoggerProvider] | None = None
-        self._log_handler: logging.Handler | None = None
-        self._instrumented_asyncpg = False
+        self._sdk: TelemetrySdk | None = None
 
     @property
     def tracer(self) -> Tracer:
@@ -136,56 +94,26 @@ class Telemetry:
         return self.meter_provider.get_meter("chat_api", chat_api.__version__)
 
     def start(self) -> None:
-        """Builds providers and exporters; never waits for the collector."""
+        """Builds providers and exporters; never waits for the collector. The SDK is imported only
+        here, when telemetry is on (it costs a good part of start-up otherwise)."""
         if not self.enabled or self._sdk is not None:
             return
-        res = resource()
-        # Queue sizes and delays come from OTEL_BSP_* / OTEL_BLRP_* / OTEL_METRIC_EXPORT_*; the
-        # queues are bounded, so a dead collector costs dropped telemetry, never memory or latency.
-        tracer_provider = TracerProvider(resource=res, shutdown_on_exit=False)
-        if signal_enabled("TRACES"):
-            tracer_provider.add_span_processor(BatchSpanProcessor(_exporter("TRACES")))
-        logger_provider = LoggerProvider(resource=res, shutdown_on_exit=False)
-        if signal_enabled("LOGS"):
-            logger_provider.add_log_record_processor(BatchLogRecordProcessor(_exporter("LOGS")))
-        readers = [PeriodicExportingMetricReader(_exporter("METRICS"))] if signal_enabled("METRICS") else []
-        meter_provider = SdkMeterProvider(resource=res, metric_readers=readers, shutdown_on_exit=False)
-        self._sdk = (tracer_provider, meter_provider, logger_provider)
-        self.tracer_provider.target = tracer_provider
-        self.meter_provider.target = meter_provider
-        # The records that go to stdout go by OTLP too, with the active span's trace and span ids.
-        self._log_handler = LoggingHandler(level=logging.NOTSET, logger_provider=logger_provider)
-        logging.getLogger().addHandler(self._log_handler)
-        # Client spans for every statement: the text only, parameters are never captured.
-        instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
-        if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument(tracer_provider=tracer_provider)
-            self._instrumented_asyncpg = True
-        log.info("telemetry goes by OTLP (%s)", _protocol("TRACES"))
+        from chat_api.core import telemetry_sdk
+
+        sdk = telemetry_sdk.start()
+        self._sdk = sdk
+        self.tracer_provider.target = sdk.tracer_provider
+        self.meter_provider.target = sdk.meter_provider
+        log.info("telemetry goes by OTLP (%s)", protocol("TRACES"))
 
     def shutdown(self) -> None:
         """Flushes what is queued, bounded: a dead collector cannot hold up the exit."""
-        if self._sdk is None:
+        sdk, self._sdk = self._sdk, None
+        if sdk is None:
             return
-        if self._log_handler is not None:
-            logging.getLogger().removeHandler(self._log_handler)
-        if self._instrumented_asyncpg:
-            AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
-        providers, self._sdk = self._sdk, None
         self.tracer_provider.target = NoOpTracerProvider()
         self.meter_provider.target = NoOpMeterProvider()
-        # Daemon threads joined against one deadline: an exporter stuck on a dead collector is
-        # abandoned at the deadline and cannot keep the process alive after it.
-        threads = [
-            threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
-            for provider in providers
-        ]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + SHUTDOWN_SECONDS
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in threads):
+        if not sdk.shutdown(SHUTDOWN_SECONDS):
             log.warning(
                 "telemetry export did not finish within %.0f s; the rest is dropped", SHUTDOWN_SECONDS
             )
