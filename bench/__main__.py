@@ -245,9 +245,18 @@ class Server:
     log: Path
 
 
-def start_server(database_url: str, log: Path) -> Server:
-    port = free_port()
+def chat_api(*args: str, src: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run `chat-api ARGS` from this checkout, or from the
+    source tree `src` (another revision, for before/after comparisons in one run)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_API_", "DATABASE_URL", "OTEL_"))}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    return [sys.executable, "-m", "chat_api", *args], env
+
+
+def start_server(database_url: str, log: Path, src: Path | None = None) -> Server:
+    port = free_port()
+    command, env = chat_api("serve", src=src)
     env.update(
         DATABASE_URL=database_url,
         CHAT_API_JWT_SECRET=SECRET,
@@ -260,7 +269,7 @@ def start_server(database_url: str, log: Path) -> Server:
     )
     started = time.perf_counter()
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "chat-api"), "serve"],
+        command,
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -310,12 +319,9 @@ def run(profile: Profile) -> list[Row]:
         subprocess.run(["psql", "-q", "-d", admin_url, "-c", f'CREATE DATABASE "{name}"'], check=True)
         database_url = with_database(admin_url, name)
         try:
-            env = {**os.environ, "DATABASE_URL": database_url}
+            command, env = chat_api("migrate")
             subprocess.run(
-                [str(Path(sys.executable).parent / "chat-api"), "migrate"],
-                env=env,
-                check=True,
-                capture_output=True,
+                command, env={**env, "DATABASE_URL": database_url}, check=True, capture_output=True
             )
             ids = asyncio.run(seed(database_url, profile))
             server = start_server(database_url, work / "serve.log")

@@ -6,6 +6,7 @@ the hot paths (see bench/ and the README's Performance section)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -112,18 +113,22 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection as the asyncpg connection. Run statements with `$n` parameters and
     explicit `async with conn.transaction():` blocks; a connection that broke meanwhile is dropped
     from the pool instead of being handed out again."""
-    # One deadline for the database work of a `connection()` block, from asking for a connection
-    # to giving it back: CHAT_API_DB_TIMEOUT (the pool's timeout). See `cut` below.
+    # One deadline for the database work of a `connection()` block, from asking for a connection to
+    # giving it back: CHAT_API_DB_TIMEOUT (the pool's timeout). Waiting for the pool, connecting and
+    # replacing dead connections share it (else a wait for the pool could be followed by a connect
+    # timeout), and the statements get what is left (see `cut`).
     loop = asyncio.get_running_loop()
     timeout = engine.pool.timeout() if isinstance(engine.pool, QueuePool) else None
     deadline = None if timeout is None else loop.time() + timeout
-    async with engine.connect() as pooled:
-        raw = (await pooled.get_raw_connection()).driver_connection
-        # A database restart closes every pooled connection at once: drop each dead one (the pool
-        # connects afresh in its place) until a live one comes, not just the first.
-        while raw is None or raw.is_closed():
-            await pooled.invalidate()
+    async with contextlib.AsyncExitStack() as stack:
+        async with asyncio.timeout_at(deadline):
+            pooled = await stack.enter_async_context(engine.connect())
             raw = (await pooled.get_raw_connection()).driver_connection
+            # A database restart closes every pooled connection at once: drop each dead one (the
+            # pool connects afresh in its place) until a live one comes, not just the first.
+            while raw is None or raw.is_closed():
+                await pooled.invalidate()
+                raw = (await pooled.get_raw_connection()).driver_connection
         # At the deadline the connection is cut: a statement in flight fails at once, and so does the
         # ROLLBACK after it, which on a hung server would wait as long again for asyncpg's cancel.
         cut = None if deadline is None else loop.call_at(deadline, raw.terminate)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import asyncpg
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -14,13 +16,14 @@ from starlette.types import Receive, Scope, Send
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DbEngine, connection
-from chat_api.core.errors import Problem, not_found, problem_responses
+from chat_api.core.errors import DATABASE_UNAVAILABLE, Problem, not_found, problem_responses
 from chat_api.core.wire import parse_room_id
 from chat_api.events.cursor import Cursor, MalformedCursor
 from chat_api.events.hub import END, Hub, ShuttingDown, Subscription, TooManyStreams
 from chat_api.events.reader import check_cursor, replay, reset_frame
 
 router = APIRouter(tags=["events"])
+log = logging.getLogger("chat_api.events")
 
 REPLAY_BATCH = 500
 RETRY_ADVICE_MS = 2000
@@ -64,6 +67,12 @@ async def events(
         async with connection(engine) as conn:
             if await conn.fetchval(_IS_MEMBER, room, user) is None:
                 raise not_found("room")
+    reset_to = None
+    if start is not None:
+        # Before anything is sent: a database that is down makes this a 503 the client retries,
+        # not a 200 whose body breaks off.
+        async with connection(engine) as conn:
+            reset_to = await check_cursor(conn, start)
     hub: Hub = request.app.state.hub
     try:
         subscription, head = await hub.subscribe(user, room)
@@ -82,7 +91,7 @@ async def events(
             headers={"Retry-After": "1"},
         ) from None
     return EventStreamResponse(
-        _stream(engine, subscription, user, room, start, head, settings.stream_heartbeat_seconds),
+        _stream(engine, subscription, user, room, start, reset_to, head, settings.stream_heartbeat_seconds),
         on_close=lambda: hub.unsubscribe(subscription),
     )
 
@@ -113,6 +122,7 @@ async def _stream(
     user: str,
     room: uuid.UUID | None,
     start: Cursor | None,
+    reset_to: Cursor | None,
     head: Cursor,
     heartbeat: float,
 ) -> AsyncIterator[bytes]:
@@ -121,14 +131,16 @@ async def _stream(
     if start is not None:
         # Replay from the log up to where it holds no more; the hub queued everything after
         # `head` to us meanwhile, and frames at or before what we sent are skipped below.
-        async with connection(engine) as conn:
-            reset_to = await check_cursor(conn, start)
         if reset_to is not None:
             yield reset_frame(reset_to)
         position = reset_to or start
         while True:
-            async with connection(engine) as conn:
-                batch = await replay(conn, user, position, room, REPLAY_BATCH)
+            try:
+                async with connection(engine) as conn:
+                    batch = await replay(conn, user, position, room, REPLAY_BATCH)
+            except (*DATABASE_UNAVAILABLE, asyncpg.exceptions.InterfaceError):
+                log.warning("database unavailable during a stream's replay; ending it (the client resumes)")
+                return
             for event in batch:
                 yield event.frame()
                 position = event.position
