@@ -93,10 +93,13 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings, app: FastAPI | None = None) -> AsyncIterator[RunningServer]:
-    """The real app on a real uvicorn (httptools) on a free loopback port, in this event loop."""
+async def serve(
+    settings: Settings, app: FastAPI | None = None, port: int | None = None
+) -> AsyncIterator[RunningServer]:
+    """The real app on a real uvicorn (httptools) on a loopback port (a free one unless given: a
+    restart can take the same origin again), in this event loop."""
     app = app or create_app(settings)
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, http="httptools", lifespan="on", access_log=False, log_config=None
     )

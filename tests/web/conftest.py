@@ -3,8 +3,6 @@ same one) and Debian's Chromium driven by Playwright (never a browser Playwright
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib.util
 import os
 from collections.abc import AsyncIterator
@@ -12,10 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
-
-from tests.conftest import RunningServer
 
 CHROMIUM = Path(os.environ.get("CHAT_API_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -28,27 +22,6 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-@contextlib.asynccontextmanager
-async def serve_on(app: FastAPI, port: int) -> AsyncIterator[RunningServer]:
-    """Like tests.conftest.serve, on a given port: a restart can take the same origin again."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http="httptools", lifespan="on", access_log=False, log_config=None
-    )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    running = RunningServer(url=f"http://127.0.0.1:{port}", server=server, task=task)
-    try:
-        yield running
-    finally:
-        if not task.done():
-            await running.stop()
 
 
 def require_browser() -> None:

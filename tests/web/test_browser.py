@@ -20,7 +20,7 @@ from chat_api.app import create_app
 from chat_api.auth.tokens import mint_token
 from chat_api.devserver import create_dev_app
 from tests.conftest import TEST_SECRET, free_port, make_settings, serve
-from tests.web.conftest import ARTIFACTS, serve_on
+from tests.web.conftest import ARTIFACTS
 
 TIMEOUT_MS = 20_000
 
@@ -86,7 +86,7 @@ async def test_two_people_chat_in_real_browsers_across_a_server_restart(
     lunch, history = f"Lunch {tag}", f"History {tag}"
 
     async with contextlib.AsyncExitStack() as stack:
-        server = await stack.enter_async_context(serve_on(create_dev_app(settings), port))
+        server = await stack.enter_async_context(serve(settings, create_dev_app(settings), port))
         contexts = [await browser.new_context(viewport={"width": 760, "height": 720}) for _ in range(2)]
         for context in contexts:
             stack.push_async_callback(context.close)
@@ -196,7 +196,7 @@ async def test_two_people_chat_in_real_browsers_across_a_server_restart(
                 )
                 assert r.status_code == 201, r.text
         restarted = StreamResumes(create_dev_app(settings))
-        server = await stack.enter_async_context(serve_on(restarted, port))  # type: ignore[arg-type]
+        server = await stack.enter_async_context(serve(settings, restarted, port))  # type: ignore[arg-type]
 
         for person in (bob, alice):
             await expect(person.page.locator("#connection")).to_have_text("Live")
