@@ -61,8 +61,3 @@ async def migrate(settings: Settings) -> None:
             await upgrade_locked(connection)
     finally:
         await engine.dispose()
-
-
-async def current_revision(connection: AsyncConnection) -> str | None:
-    result = await connection.execute(text("SELECT version_num FROM alembic_version"))
-    return result.scalar_one_or_none()

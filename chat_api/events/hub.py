@@ -157,11 +157,7 @@ class Hub:
         if not subscriptions:
             del self.by_user[user]
             for room in self.rooms_of.pop(user, ()):
-                members = self.users_in.get(room)
-                if members is not None:
-                    members.discard(user)
-                    if not members:
-                        del self.users_in[room]
+                self._drop_from_index(user, room)
 
     # -- fan-out ---------------------------------------------------------------------------------
 
@@ -171,15 +167,18 @@ class Hub:
             rooms.add(room)
             self.users_in[room].add(user)
 
+    def _drop_from_index(self, user: str, room: uuid.UUID) -> None:
+        members = self.users_in.get(room)
+        if members is not None:
+            members.discard(user)
+            if not members:
+                del self.users_in[room]
+
     def _leave(self, user: str, room: uuid.UUID) -> None:
         rooms = self.rooms_of.get(user)
         if rooms is not None:
             rooms.discard(room)
-            members = self.users_in.get(room)
-            if members is not None:
-                members.discard(user)
-                if not members:
-                    del self.users_in[room]
+            self._drop_from_index(user, room)
             for subscription in self.by_user.get(user, ()):
                 if subscription.room_id == room:
                     subscription.offer(END)  # a stream of only this room has nothing left to show

@@ -231,14 +231,20 @@ async def get_one(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) 
     return str(row[0])
 
 
+async def _locked_target(conn: asyncpg.Connection, room_id: uuid.UUID, user: str, seq: int) -> asyncpg.Record:
+    """Takes the room lock, then the caller's role and the message's sender and state (404s)."""
+    await log.lock_room(conn, room_id)
+    target = await conn.fetchrow(_TARGET, room_id, user, seq)
+    if target is None:
+        raise not_found("room")
+    if target["sender"] is None:
+        raise not_found("message")
+    return target
+
+
 async def edit(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int, body: str) -> str:
     async with connection(engine) as conn, conn.transaction():
-        await log.lock_room(conn, room_id)
-        target = await conn.fetchrow(_TARGET, room_id, user, seq)
-        if target is None:
-            raise not_found("room")
-        if target["sender"] is None:
-            raise not_found("message")
+        target = await _locked_target(conn, room_id, user, seq)
         if target["sender"] != user:
             raise Problem(403, "Only the sender can edit a message.", kind="forbidden")
         if target["deleted"]:
@@ -248,12 +254,7 @@ async def edit(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int, bod
 
 async def delete(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) -> None:
     async with connection(engine) as conn, conn.transaction():
-        await log.lock_room(conn, room_id)
-        target = await conn.fetchrow(_TARGET, room_id, user, seq)
-        if target is None:
-            raise not_found("room")
-        if target["sender"] is None:
-            raise not_found("message")
+        target = await _locked_target(conn, room_id, user, seq)
         if target["sender"] != user and target["role"] != "owner":
             raise Problem(403, "Only the sender or the room's owner can delete a message.", kind="forbidden")
         if target["deleted"]:

@@ -150,11 +150,7 @@ async def add_member(
             ), False
         await conn.execute(_INSERT_MEMBER, room_id, user_id, "member")
         member = Member(user_id=user_id, role="member", last_read_seq=0)
-        seq = await log.next_seq(conn, room_id)
-        payload = orjson.dumps(
-            {"room_id": str(room_id), "seq": seq, "member": member.model_dump(mode="json")}
-        )
-        await log.append(conn, room_id, seq, "member.added", payload.decode(), subject=user_id)
+        await _log_member_change(conn, room_id, "member.added", member)
         return member, True
 
 
@@ -170,9 +166,11 @@ async def remove_member(engine: AsyncEngine, room_id: uuid.UUID, caller: str, us
         removed = await conn.fetchrow(_DELETE_MEMBER, room_id, user_id)
         if removed is None:
             raise not_found("member")
-        member = Member(**removed)
-        seq = await log.next_seq(conn, room_id)
-        payload = orjson.dumps(
-            {"room_id": str(room_id), "seq": seq, "member": member.model_dump(mode="json")}
-        )
-        await log.append(conn, room_id, seq, "member.removed", payload.decode(), subject=user_id)
+        await _log_member_change(conn, room_id, "member.removed", Member(**removed))
+
+
+async def _log_member_change(conn: asyncpg.Connection, room_id: uuid.UUID, kind: str, member: Member) -> None:
+    """The room's next seq and the event about `member` (who sees it even once removed)."""
+    seq = await log.next_seq(conn, room_id)
+    payload = orjson.dumps({"room_id": str(room_id), "seq": seq, "member": member.model_dump(mode="json")})
+    await log.append(conn, room_id, seq, kind, payload.decode(), subject=member.user_id)
