@@ -308,32 +308,41 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 # -- the run --------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def migrated_database(
+    admin_url: str, profile: Profile, src: Path | None = None
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """A fresh database, migrated by this checkout (or the source tree `src`) and seeded; dropped
+    afterwards. Yields its name, its URL and the seeded ids."""
+    name = f"chat_bench_{uuid.uuid4().hex[:8]}"
+    subprocess.run(["psql", "-q", "-d", admin_url, "-c", f'CREATE DATABASE "{name}"'], check=True)
+    database_url = with_database(admin_url, name)
+    try:
+        command, env = chat_api("migrate", src=src)
+        subprocess.run(command, env={**env, "DATABASE_URL": database_url}, check=True, capture_output=True)
+        yield name, database_url, asyncio.run(seed(database_url, profile))
+    finally:
+        subprocess.run(
+            ["psql", "-q", "-d", admin_url, "-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
+            check=False,
+        )
+
+
 def run(profile: Profile) -> list[Row]:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # idle streams need many sockets
     rows: list[Row] = []
     token = mint_token(SECRET, USER, 24 * 3600)
     work = Path(tempfile.mkdtemp(prefix="chat-api-bench-"))
-    with postgres() as (admin_url, connect):
-        name = f"chat_bench_{uuid.uuid4().hex[:8]}"
-        subprocess.run(["psql", "-q", "-d", admin_url, "-c", f'CREATE DATABASE "{name}"'], check=True)
-        database_url = with_database(admin_url, name)
+    with (
+        postgres() as (admin_url, connect),
+        migrated_database(admin_url, profile) as (name, database_url, ids),
+    ):
+        server = start_server(database_url, work / "serve.log")
         try:
-            command, env = chat_api("migrate")
-            subprocess.run(
-                command, env={**env, "DATABASE_URL": database_url}, check=True, capture_output=True
-            )
-            ids = asyncio.run(seed(database_url, profile))
-            server = start_server(database_url, work / "serve.log")
-            try:
-                rows += measure(profile, server, connect, name, token, ids, work)
-            finally:
-                stop(server.process)
+            rows += measure(profile, server, connect, name, token, ids, work)
         finally:
-            subprocess.run(
-                ["psql", "-q", "-d", admin_url, "-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
-                check=False,
-            )
+            stop(server.process)
     return rows
 
 

@@ -9,12 +9,10 @@ Prints throughput and p50 per revision and the ratio to the first one."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,13 +22,11 @@ from bench.__main__ import (
     SECRET,
     SPREAD_ROOMS,
     USER,
-    chat_api,
+    migrated_database,
     postgres,
     room_uuid,
-    seed,
     start_server,
     stop,
-    with_database,
     wrk,
 )
 from chat_api.auth.tokens import mint_token
@@ -52,31 +48,21 @@ def worktree(revision: str) -> Iterator[Path]:
 
 def measure(revision: str, duration: int) -> dict[str, float]:
     token = mint_token(SECRET, USER, 3600)
-    with worktree(revision) as src, postgres() as (admin_url, _):
-        name = f"chat_compare_{uuid.uuid4().hex[:8]}"
-        subprocess.run(["psql", "-q", "-d", admin_url, "-c", f'CREATE DATABASE "{name}"'], check=True)
-        database_url = with_database(admin_url, name)
-        work = Path(tempfile.mkdtemp(prefix="chat-api-compare-"))
+    work = Path(tempfile.mkdtemp(prefix="chat-api-compare-"))
+    with (
+        worktree(revision) as src,
+        postgres() as (admin_url, _),
+        migrated_database(admin_url, QUICK, src) as (_, database_url, ids),
+    ):
+        server = start_server(database_url, work / "serve.log", src=src)
         try:
-            command, env = chat_api("migrate", src=src)
-            subprocess.run(
-                command, env={**env, "DATABASE_URL": database_url}, check=True, capture_output=True
-            )
-            ids = asyncio.run(seed(database_url, QUICK))
-            server = start_server(database_url, work / "serve.log", src=src)
-            try:
-                (work / "spread.txt").write_text("\n".join(room_uuid(n) for n in range(1, SPREAD_ROOMS + 1)))
-                (work / "page.txt").write_text(f"/v1/rooms/{ids['page_room']}/messages?limit=50\n")
-                wrk(server.url, "get.lua", work / "page.txt", 2, token)  # warm up
-                send = wrk(server.url, "send.lua", work / "spread.txt", duration, token)
-                page = wrk(server.url, "get.lua", work / "page.txt", duration, token)
-            finally:
-                stop(server.process)
+            (work / "spread.txt").write_text("\n".join(room_uuid(n) for n in range(1, SPREAD_ROOMS + 1)))
+            (work / "page.txt").write_text(f"/v1/rooms/{ids['page_room']}/messages?limit=50\n")
+            wrk(server.url, "get.lua", work / "page.txt", 2, token)  # warm up
+            send = wrk(server.url, "send.lua", work / "spread.txt", duration, token)
+            page = wrk(server.url, "get.lua", work / "page.txt", duration, token)
         finally:
-            subprocess.run(
-                ["psql", "-q", "-d", admin_url, "-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
-                check=False,
-            )
+            stop(server.process)
     return {
         "send/s": send["throughput"],
         "send p50": send["p50_ms"],
