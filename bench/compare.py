@@ -1,15 +1,19 @@
 """Before/after in one run: the same scenarios against servers built from several revisions.
 
-    python -m bench.compare REV [REV ...]      e.g.  python -m bench.compare bbb1d4f a556a38 HEAD
+    python -m bench.compare REV [REV ...] [--rounds 3] [--duration 5]
+    e.g.  python -m bench.compare d625780 HEAD
 
 Each revision is checked out into a temporary worktree; its own `chat-api migrate` and `chat-api
-serve` run on a fresh database with the same seed. Scenarios: send into 100 rooms, newest page.
-Prints throughput and p50 per revision and the ratio to the first one."""
+serve` run on a fresh database with the same seed, all servers at once (one at a time under load).
+Scenarios: send into 100 rooms, send into one hot room, newest page. The revisions take turns in
+every round, so drift of a noisy machine hits them alike; each figure is the median over rounds.
+Prints throughput and p50 per revision and the throughput ratio to the first one."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +26,7 @@ from bench.__main__ import (
     SECRET,
     SPREAD_ROOMS,
     USER,
+    Server,
     migrated_database,
     postgres,
     room_uuid,
@@ -30,6 +35,8 @@ from bench.__main__ import (
     wrk,
 )
 from chat_api.auth.tokens import mint_token
+
+SCENARIOS = ("send 100 rooms", "send hot room", "newest page")
 
 
 @contextlib.contextmanager
@@ -46,48 +53,62 @@ def worktree(revision: str) -> Iterator[Path]:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
 
 
-def measure(revision: str, duration: int) -> dict[str, float]:
-    token = mint_token(SECRET, USER, 3600)
+@contextlib.contextmanager
+def revision_server(revision: str, admin_url: str) -> Iterator[tuple[Server, dict[str, Path]]]:
+    """The revision's server on its own fresh database, and the wrk data file of each scenario."""
     work = Path(tempfile.mkdtemp(prefix="chat-api-compare-"))
-    with (
-        worktree(revision) as src,
-        postgres() as (admin_url, _),
-        migrated_database(admin_url, QUICK, src) as (_, database_url, ids),
-    ):
+    with worktree(revision) as src, migrated_database(admin_url, QUICK, src) as (_, database_url, ids):
+        files = {name: work / f"{n}.txt" for n, name in enumerate(SCENARIOS)}
+        files["send 100 rooms"].write_text("\n".join(room_uuid(n) for n in range(1, SPREAD_ROOMS + 1)))
+        files["send hot room"].write_text(room_uuid(1) + "\n")
+        files["newest page"].write_text(f"/v1/rooms/{ids['page_room']}/messages?limit=50\n")
         server = start_server(database_url, work / "serve.log", src=src)
         try:
-            (work / "spread.txt").write_text("\n".join(room_uuid(n) for n in range(1, SPREAD_ROOMS + 1)))
-            (work / "page.txt").write_text(f"/v1/rooms/{ids['page_room']}/messages?limit=50\n")
-            wrk(server.url, "get.lua", work / "page.txt", 2, token)  # warm up
-            send = wrk(server.url, "send.lua", work / "spread.txt", duration, token)
-            page = wrk(server.url, "get.lua", work / "page.txt", duration, token)
+            yield server, files
         finally:
             stop(server.process)
-    return {
-        "send/s": send["throughput"],
-        "send p50": send["p50_ms"],
-        "page/s": page["throughput"],
-        "page p50": page["p50_ms"],
-        "errors": send["errors"] + page["errors"],
-    }
+
+
+def load(server: Server, scenario: str, data: Path, duration: int, token: str) -> dict[str, float]:
+    script = "get.lua" if scenario == "newest page" else "send.lua"
+    return wrk(server.url, script, data, duration, token)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
     parser.add_argument("revisions", nargs="+")
-    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per scenario and round")
     args = parser.parse_args()
-    results = {rev: measure(rev, args.duration) for rev in args.revisions}
-    first = results[args.revisions[0]]
-    print(
-        f"{'revision':12} {'send/s':>8} {'p50 ms':>8} {'x first':>8} "
-        f"{'page/s':>8} {'p50 ms':>8} {'x first':>8}"
-    )
-    for rev, r in results.items():
-        print(
-            f"{rev:12} {r['send/s']:8.0f} {r['send p50']:8.1f} {r['send/s'] / first['send/s']:8.2f} "
-            f"{r['page/s']:8.0f} {r['page p50']:8.1f} {r['page/s'] / first['page/s']:8.2f}"
-        )
+    token = mint_token(SECRET, USER, 24 * 3600)
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+        rev: {s: [] for s in SCENARIOS} for rev in args.revisions
+    }
+    with postgres() as (admin_url, _), contextlib.ExitStack() as stack:
+        servers = {rev: stack.enter_context(revision_server(rev, admin_url)) for rev in args.revisions}
+        for server, files in servers.values():  # warm up
+            load(server, "newest page", files["newest page"], 1, token)
+        for _ in range(args.rounds):
+            for scenario in SCENARIOS:
+                for rev, (server, files) in servers.items():
+                    runs[rev][scenario].append(load(server, scenario, files[scenario], args.duration, token))
+    first = args.revisions[0]
+
+    def median(rev: str, scenario: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[rev][scenario])
+
+    header = f"{'revision':12}" + "".join(f" {s + ' /s':>18} {'p50 ms':>7} {'x first':>7}" for s in SCENARIOS)
+    print(header)
+    for rev in args.revisions:
+        line = f"{rev:12}"
+        for s in SCENARIOS:
+            throughput = median(rev, s, "throughput")
+            line += f" {throughput:18.0f} {median(rev, s, 'p50_ms'):7.1f} "
+            line += f"{throughput / median(first, s, 'throughput'):7.2f}"
+        print(line)
+    errors = sum(r["errors"] for rev in runs.values() for rs in rev.values() for r in rs)
+    if errors:
+        print(f"warning: {errors} failed requests", file=sys.stderr)
     return 0
 
 
