@@ -39,12 +39,18 @@ IDLE_CHECK_SECONDS = 5.0
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 
+# The next events after a position, and whether any are committed or in flight beyond the
+# horizon (then the hub looks again soon), in one round trip: a first row always comes back,
+# with NULL event columns when there is nothing to read.
 _READ = f"""
-SELECT {EVENT_COLUMNS} FROM events e
-WHERE (e.xid, e.id) > ($1::text::xid8, $2) AND e.xid < {HORIZON_SQL}
-ORDER BY e.xid, e.id LIMIT {READ_BATCH}
+SELECT beyond.blocked, page.* FROM
+    (SELECT EXISTS (SELECT 1 FROM events WHERE xid >= {HORIZON_SQL}) AS blocked) AS beyond
+LEFT JOIN LATERAL (
+    SELECT {EVENT_COLUMNS} FROM events e
+    WHERE (e.xid, e.id) > ($1::text::xid8, $2) AND e.xid < {HORIZON_SQL}
+    ORDER BY e.xid, e.id LIMIT {READ_BATCH}
+) AS page ON true
 """
-_BLOCKED = f"SELECT EXISTS (SELECT 1 FROM events WHERE xid >= {HORIZON_SQL})"
 _HORIZON = f"SELECT {HORIZON_SQL}::text"
 _ROOMS_OF = "SELECT room_id FROM members WHERE user_id = $1"
 
@@ -245,24 +251,24 @@ class Hub:
             started = time.perf_counter()
             with suppress_instrumentation():
                 rows = await conn.fetch(_READ, str(self.head.xid), self.head.id)
-            if rows:
+            events = [row for row in rows if row["xid"] is not None]
+            if events:
                 with self.tracer.start_as_current_span("chat.events.fan_out") as span:
                     before = self.delivered
-                    for row in rows:
+                    for row in events:
                         event = Event.from_row(row)
                         self.dispatch(event)
                         self.head = event.position
                     span.set_attributes(
                         {
-                            "chat.events": len(rows),
+                            "chat.events": len(events),
                             "chat.deliveries": self.delivered - before,
                             "chat.streams.open": self.open_streams,
                             "chat.read_ms": round((time.perf_counter() - started) * 1000, 3),
                         }
                     )
-            if len(rows) < READ_BATCH:
-                with suppress_instrumentation():
-                    return bool(await conn.fetchval(_BLOCKED))
+            if len(events) < READ_BATCH:
+                return bool(rows[0]["blocked"])
 
     async def _connect(self) -> asyncpg.Connection:
         if self._conn is not None and not self._conn.is_closed():
