@@ -168,31 +168,20 @@ def wrk(url: str, script: str, data_file: Path, duration: int, token: str | None
 
 
 def pgbench_send_script(room_expression: str) -> str:
-    """The send transaction exactly as the service runs it (lock, then the one CTE statement)."""
+    """The send exactly as the service runs it: one call of chat_send() (migration 0003)."""
     sql = messages_service.SEND
-    values = {  # SEND's parameters: room, sender, body, reply_to, idempotency key, request hash
+    values = {  # SEND's parameters: room, lock key, sender, body, reply_to, idempotency key, hash
         "$1": room_expression,
-        "$2": f"'{USER}'",
-        "$3": f"'{BODY}'",
-        "$4": "NULL",
+        "$2": ":n",
+        "$3": f"'{USER}'",
+        "$4": f"'{BODY}'",
         "$5": "NULL",
         "$6": "NULL",
+        "$7": "NULL",
     }
     for name, value in values.items():
         sql = sql.replace(name, value)
-    # pgbench reads `:MI` and `:SS` inside the timestamp format as variables; chr(58) is ':' and,
-    # being immutable, is folded into the constant at plan time: the same work at run time.
-    sql = sql.replace("HH24:MI:SS", "HH24' || chr(58) || 'MI' || chr(58) || 'SS")
-    one_line = " ".join(line.strip() for line in sql.strip().splitlines())
-    return "\n".join(
-        [
-            "\\set n random(1, :rooms)",
-            "BEGIN;",
-            "SELECT pg_advisory_xact_lock(:n);",
-            one_line + ";",
-            "END;",
-        ]
-    )
+    return "\n".join(["\\set n random(1, :rooms)", sql + ";"])
 
 
 def pgbench(connect: list[str], database: str, script: str, rooms: int, duration: int) -> dict[str, Any]:

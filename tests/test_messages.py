@@ -98,6 +98,27 @@ async def test_same_key_with_other_body_or_room_is_422(alice: User) -> None:
     assert (await alice.http.get(f"/v1/rooms/{other['id']}/messages")).json()["items"] == []
 
 
+async def test_one_key_racing_into_two_rooms_sends_once_and_leaves_no_seq_gap(alice: User) -> None:
+    # The two rooms' locks differ, so the sends run side by side: the loser either sees the key
+    # taken before it takes a seq, or finds it taken at insert and must give its seq back.
+    for attempt in range(10):
+        rooms = [await alice.create_room(), await alice.create_room()]
+        key = f"two-rooms-{attempt}-{uuid.uuid4()}"
+        results = await asyncio.gather(*[alice.send(room["id"], "same", key) for room in rooms * 3])
+        assert sorted(r.status_code for r in results) == [200, 200, 201, 422, 422, 422], [
+            r.text for r in results
+        ]
+        winner = next(r.json() for r in results if r.status_code == 201)
+        for room in rooms:
+            got = (await alice.http.get(f"/v1/rooms/{room['id']}")).json()
+            items = (await alice.http.get(f"/v1/rooms/{room['id']}/messages")).json()["items"]
+            if room["id"] == winner["room_id"]:
+                assert [m["id"] for m in items] == [winner["id"]]
+                assert got["last_seq"] == winner["seq"]
+            else:
+                assert items == [] and got["last_seq"] == room["last_seq"]
+
+
 async def test_keys_belong_to_their_sender(alice: User, bob: User) -> None:
     room = await alice.create_room(members=[bob])
     key = f"shared-{uuid.uuid4()}"

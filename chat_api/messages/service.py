@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api.core.db import connection
 from chat_api.core.errors import Problem, not_found
-from chat_api.core.wire import SQL_TIMESTAMP
+from chat_api.core.wire import SQL_TIMESTAMP, room_lock_key
 from chat_api.events import log
 from chat_api.events.log import NOTIFY_SQL
 
@@ -33,28 +33,13 @@ def event_json(m: str, seq: str) -> str:
     return f"""json_build_object('room_id', {m}.room_id, 'seq', {seq}, 'message', {message_json(m)})"""
 
 
-# One statement after the room lock: take the next seq (only if the sender is a member and the
-# reply target exists), insert the message unless its idempotency key is taken, log the event and
-# ring the doorbell. No row back means one of those conditions failed: the caller rolls back.
-# Parameters: $1 room, $2 sender, $3 body, $4 reply_to, $5 idempotency key, $6 request hash.
-SEND = f"""
-WITH room AS (
-    UPDATE rooms SET last_seq = last_seq + 1, activity_at = now()
-    WHERE id = $1
-      AND EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2)
-      AND ($4::bigint IS NULL OR EXISTS (SELECT 1 FROM messages WHERE room_id = $1 AND seq = $4))
-    RETURNING last_seq
-), message AS (
-    INSERT INTO messages (room_id, seq, sender, body, reply_to, idempotency_key, request_hash)
-    SELECT $1, room.last_seq, $2, $3, $4, $5, $6 FROM room
-    ON CONFLICT (sender, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING *
-), event AS (
-    INSERT INTO events (room_id, seq, kind, payload)
-    SELECT m.room_id, m.seq, 'message.created', {event_json("m", "m.seq")} FROM message m
-)
-SELECT {message_json("m")}::text, {NOTIFY_SQL} FROM message m
-"""
+# A send is one call of the database function chat_send() (migration 0003), on its own: it takes the
+# room lock, then the next seq (only if the sender is a member, the reply target exists and the
+# idempotency key is unused), inserts the message, logs the event and rings the doorbell, in one
+# round trip. NULL means nothing was written: the caller finds out why.
+# Parameters: $1 room, $2 room lock key, $3 sender, $4 body, $5 reply_to, $6 idempotency key,
+# $7 request hash.
+SEND = "SELECT chat_send($1, $2, $3, $4, $5, $6, $7)"
 
 _SEND_DIAGNOSIS = f"""
 SELECT EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member,
@@ -134,10 +119,6 @@ class Sent:
     replayed: bool  # an earlier request with the same idempotency key created it
 
 
-class _NotSent(Exception):
-    """A condition of SEND failed; raised inside the transaction so that it rolls back."""
-
-
 def request_hash(room_id: uuid.UUID, body: str, reply_to: int | None) -> bytes:
     return hashlib.sha256(orjson.dumps([str(room_id), body, reply_to])).digest()
 
@@ -153,14 +134,14 @@ async def send(
     fingerprint = request_hash(room_id, body, reply_to) if idempotency_key else None
     async with connection(engine) as conn:
         try:
-            async with conn.transaction():
-                await log.lock_room(conn, room_id)
-                row = await conn.fetchrow(SEND, room_id, sender, body, reply_to, idempotency_key, fingerprint)
-                if row is None:
-                    raise _NotSent  # rolls back the seq taken by a send that did not happen
-                return Sent(json=row[0], replayed=False)
-        except _NotSent:
-            return await _explain_unsent(conn, room_id, sender, reply_to, idempotency_key, fingerprint)
+            sent = await conn.fetchval(
+                SEND, room_id, room_lock_key(room_id), sender, body, reply_to, idempotency_key, fingerprint
+            )
+        except asyncpg.exceptions.NoDataFoundError:
+            sent = None  # the key was taken by a concurrent send meanwhile: rolled back
+        if sent is not None:
+            return Sent(json=sent, replayed=False)
+        return await _explain_unsent(conn, room_id, sender, reply_to, idempotency_key, fingerprint)
 
 
 async def _explain_unsent(
@@ -171,7 +152,7 @@ async def _explain_unsent(
     idempotency_key: str | None,
     fingerprint: bytes | None,
 ) -> Sent:
-    # Off the hot path: find out which condition of SEND failed. A concurrent retry with the same
+    # Off the hot path: find out which condition of chat_send() failed. A concurrent retry with the same
     # key waited on the unique index for the first one to commit, so the original is visible here.
     row = await conn.fetchrow(_SEND_DIAGNOSIS, room_id, sender, idempotency_key)
     if not row["member"]:
