@@ -15,6 +15,7 @@ from chat_api.core.wire import storable
 log = logging.getLogger("chat_api.auth")
 
 LEEWAY_SECONDS = 30  # clock skew tolerated on exp / nbf / iat (the contract allows at most 60)
+SYMMETRIC_ALGORITHMS = ["HS256"]
 ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
 MAX_SUBJECT_CHARS = 255
 JWKS_MIN_REFRESH_SECONDS = 10.0  # an unknown kid triggers a refetch at most this often
@@ -70,42 +71,29 @@ class JwksCache:
 
 
 class TokenVerifier:
+    """Verifies every token on every request (tokens are never cached, keys are): the HS256 secret
+    is prepared once, JWKS keys are fetched once per kid."""
+
     def __init__(self, settings: Settings) -> None:
         settings.require_auth()
-        self.secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self.secret = settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret else None
         self.jwks = JwksCache(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
-        self.issuer = settings.jwt_issuer
-        self.audience = settings.jwt_audience
+        self._checks: dict[str, Any] = {
+            "audience": settings.jwt_audience,
+            "issuer": settings.jwt_issuer,
+            "leeway": LEEWAY_SECONDS,
+            "options": {"require": ["exp", "sub"], "verify_aud": settings.jwt_audience is not None},
+        }
 
     async def subject(self, token: str) -> str:
         """The verified token's `sub`, or InvalidToken."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise InvalidToken("token is malformed") from None
         key: Any
-        if self.jwks is not None:
-            algorithms = ASYMMETRIC_ALGORITHMS
-            if header.get("alg") not in algorithms:
-                raise InvalidToken("token algorithm is not accepted")
-            jwk = await self.jwks.key(header.get("kid"))
-            if jwk.algorithm_name != header["alg"]:
-                raise InvalidToken("token algorithm does not match its key")
-            key = jwk.key
+        if self.jwks is None:
+            key, algorithms = self.secret, SYMMETRIC_ALGORITHMS
         else:
-            algorithms = ["HS256"]
-            key = self.secret
-        options: Any = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
+            key, algorithms = await _issuer_key(self.jwks, token), ASYMMETRIC_ALGORITHMS
         try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=algorithms,
-                audience=self.audience,
-                issuer=self.issuer,
-                leeway=LEEWAY_SECONDS,
-                options=options,
-            )
+            claims = jwt.decode(token, key, algorithms=algorithms, **self._checks)
         except jwt.ExpiredSignatureError:
             raise InvalidToken("token has expired") from None
         except jwt.InvalidAudienceError:
@@ -118,12 +106,30 @@ class TokenVerifier:
             raise InvalidToken(f"token lacks the {exc.claim} claim") from None
         except jwt.InvalidSignatureError:
             raise InvalidToken("token signature does not verify") from None
+        except jwt.InvalidAlgorithmError:
+            raise InvalidToken("token algorithm is not accepted") from None
+        except jwt.DecodeError:
+            raise InvalidToken("token is malformed") from None
         except jwt.InvalidTokenError:
             raise InvalidToken("token is not valid") from None
         subject = claims["sub"]
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS or not storable(subject):
             raise InvalidToken("token subject is not valid")
         return subject
+
+
+async def _issuer_key(jwks: JwksCache, token: str) -> Any:
+    """The issuer's key named by the token's kid, for the token's (asymmetric) algorithm."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise InvalidToken("token is malformed") from None
+    if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
+        raise InvalidToken("token algorithm is not accepted")
+    jwk = await jwks.key(header.get("kid"))
+    if jwk.algorithm_name != header["alg"]:
+        raise InvalidToken("token algorithm does not match its key")
+    return jwk.key
 
 
 def mint_token(secret: str, subject: str, ttl_seconds: int = 3600) -> str:
