@@ -196,7 +196,7 @@ async def test_writers_in_many_rooms_and_a_reconnecting_reader_see_every_event_o
             r = await writers[i].send(rooms[i]["id"], f"w{i}-{n}")
             assert r.status_code == 201
             expected[rooms[i]["id"]].append(r.json()["seq"])
-            await asyncio.sleep(random.uniform(0, 0.01))
+            await asyncio.sleep(random.uniform(0.005, 0.02))  # writing outlasts several reconnects
 
     got: list[tuple[str, int]] = []
     cursor = (await reader.http.get("/v1/rooms")).json()["stream_cursor"]
@@ -204,7 +204,7 @@ async def test_writers_in_many_rooms_and_a_reconnecting_reader_see_every_event_o
     reconnects = 0
     while True:
         async with open_stream(server.url, reader.token, last_event_id=cursor) as stream:
-            await asyncio.sleep(random.uniform(0.02, 0.15))  # read a while, then drop the connection
+            await asyncio.sleep(random.uniform(0.01, 0.08))  # read a while, then drop the connection
         for frame in stream.of("message.created"):
             got.append((frame.data["room_id"], frame.data["seq"]))
         cursor = stream.last_id or cursor
@@ -340,15 +340,27 @@ async def test_shutdown_ends_open_streams_quickly(
         await alice.http.get("/v1/rooms")
 
 
-def test_a_slow_stream_is_ended_instead_of_buffering_without_bound() -> None:
+async def test_a_slow_stream_is_ended_instead_of_buffering_without_bound() -> None:
     subscription = Subscription("slow", None, buffer=3)
     for i in range(3):
         subscription.offer((Cursor(1, i), b"frame"))
     subscription.offer((Cursor(1, 99), b"one too many"))
-    assert subscription.overflowed and subscription.queue.qsize() == 1
-    assert subscription.queue.get_nowait() is END
+    assert subscription.overflowed
+    assert await subscription.take() == [END]
     subscription.offer((Cursor(2, 0), b"ignored after overflow"))
-    assert subscription.queue.empty()
+    assert subscription.items == []
+
+
+async def test_a_stream_takes_everything_queued_at_once_in_order() -> None:
+    subscription = Subscription("reader", None, buffer=10)
+    waiting = asyncio.create_task(subscription.take())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    subscription.offer((Cursor(1, 1), b"first"))
+    subscription.offer((Cursor(1, 2), b"second"))
+    assert await waiting == [(Cursor(1, 1), b"first"), (Cursor(1, 2), b"second")]
+    subscription.offer(END)
+    assert await subscription.take() == [END]
 
 
 async def test_prune_command_deletes_only_expired_events(

@@ -54,30 +54,51 @@ LEFT JOIN LATERAL (
 _HORIZON = f"SELECT {HORIZON_SQL}::text"
 _ROOMS_OF = "SELECT room_id FROM members WHERE user_id = $1"
 
-END = None  # queued to a subscription: the stream must end (shutdown, too slow, removed)
+END = None  # queued to a subscription: the stream must end (shutdown, too slow, removed, client gone)
+HEARTBEAT = b": keepalive\n\n"
+
+# What a subscription holds: (position, frame) of an event, (None, HEARTBEAT), or END.
+Item = tuple[Cursor | None, bytes] | None
 
 
 class Subscription:
-    __slots__ = ("overflowed", "queue", "room_id", "user")
+    """One open stream's inbox. The hub appends to it without waiting; the stream takes everything
+    queued at once and writes it in one piece. Past `buffer` items the stream is too slow: what
+    is queued is dropped and the stream ends (the client resumes from the last id it received,
+    so nothing is lost, and memory stays bounded)."""
+
+    __slots__ = ("_waiter", "buffer", "items", "overflowed", "room_id", "user")
 
     def __init__(self, user: str, room_id: uuid.UUID | None, buffer: int) -> None:
         self.user = user
         self.room_id = room_id
-        self.queue: asyncio.Queue[tuple[Cursor, bytes] | None] = asyncio.Queue(maxsize=buffer)
+        self.buffer = buffer
+        self.items: list[Item] = []
         self.overflowed = False
+        self._waiter: asyncio.Future[None] | None = None
 
-    def offer(self, item: tuple[Cursor, bytes] | None) -> None:
+    def offer(self, item: Item) -> None:
         if self.overflowed:
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            # Too slow to keep up: drop what is queued and end the stream; the client resumes from
-            # the last id it received, so nothing is lost, and memory stays bounded.
+        if len(self.items) < self.buffer or item is END:
+            self.items.append(item)
+        else:
             self.overflowed = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(END)
+            self.items = [END]
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[Item]:
+        """Everything queued, waiting for at least one item."""
+        if not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self.items = self.items, []
+        return items
 
 
 class TooManyStreams(Exception):
@@ -101,6 +122,7 @@ class Hub:
         self.delivered = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self._closing = False
 
@@ -108,6 +130,7 @@ class Hub:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="chat-api event hub")
+        self._heartbeat = asyncio.create_task(self._beat(), name="chat-api stream heartbeat")
 
     def end_streams(self) -> None:
         """Ends every open stream now and refuses new ones (shutdown: clients resume elsewhere)."""
@@ -118,11 +141,22 @@ class Hub:
 
     async def close(self) -> None:
         self.end_streams()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._disconnect()
+
+    async def _beat(self) -> None:
+        """A comment on every open stream each heartbeat interval: proxies and clients see the
+        connection alive. One timer for all streams, rather than one per stream and event."""
+        item = (None, HEARTBEAT)
+        while True:
+            await asyncio.sleep(self.settings.stream_heartbeat_seconds)
+            for subscriptions in self.by_user.values():
+                for subscription in subscriptions:
+                    subscription.offer(item)
 
     @property
     def open_streams(self) -> int:
