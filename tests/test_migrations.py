@@ -24,7 +24,7 @@ from sqlalchemy import Connection, text
 import chat_api.events.models
 import chat_api.messages.models
 import chat_api.rooms.models  # noqa: F401 - registers the tables on Base.metadata
-from chat_api.core.db import Base, new_engine
+from chat_api.core.db import SCHEMA_REVISION, Base, new_engine
 from chat_api.core.migrations import MIGRATION_LOCK_KEY, alembic_config, head_revision, migrate
 from tests.conftest import make_settings, with_database
 
@@ -213,3 +213,7 @@ async def test_downgrade_to_base_and_upgrade_again(fresh_url: str) -> None:
     assert seen["after_upgrade_version"] == head_revision(), seen
     assert seen["after_upgrade_diff"] == [], seen
     assert seen["event_log_state_rows"] == 1, seen
+
+
+def test_the_schema_revision_readyz_waits_for_is_the_migration_head() -> None:
+    assert head_revision() == SCHEMA_REVISION

@@ -32,6 +32,12 @@ NAMING_CONVENTION = {
 }
 
 
+# The newest migration (migrations/versions), which this code needs: /readyz is not ready until the
+# database is at it. Kept here rather than asked of Alembic, whose import would slow start-up;
+# tests/test_migrations.py checks that it is Alembic's head.
+SCHEMA_REVISION = "0003"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012 - SQLAlchemy's own hook
