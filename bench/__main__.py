@@ -34,6 +34,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import uvloop
 
 from bench import streams
 from chat_api.auth.tokens import mint_token
@@ -439,7 +440,8 @@ def measure(
     )
 
     # 5. fan-out: N subscribers on one process, a sender at 50 messages/s.
-    fan = asyncio.run(streams.fan_out(server.url, SECRET, profile.subscribers, profile.fanout_messages, 50))
+    # The stream clients run on uvloop, like the server: they share its two cores.
+    fan = uvloop.run(streams.fan_out(server.url, SECRET, profile.subscribers, profile.fanout_messages, 50))
     rows.append(
         Row(
             f"5. fan-out to {profile.subscribers} streams",
@@ -453,7 +455,7 @@ def measure(
     )
 
     # 6. idle streams: server memory per open stream.
-    idle = asyncio.run(streams.idle_memory(server.url, SECRET, server.process.pid, profile.idle_streams))
+    idle = uvloop.run(streams.idle_memory(server.url, SECRET, server.process.pid, profile.idle_streams))
     rows.append(
         Row(
             f"6. {profile.idle_streams:,} idle streams", floor="target <= 20 KiB each", ratio=None, extra=idle

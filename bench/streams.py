@@ -65,34 +65,94 @@ async def idle_memory(url: str, secret: str, pid: int, count: int) -> dict[str, 
     }
 
 
+PING = b'"body":"ping '  # how a fan-out message's body appears in its frame (JSON built by PostgreSQL)
+
+
+class _Subscriber(asyncio.Protocol):
+    """A fan-out subscriber kept as light as possible, so that the measurement is the server's:
+    no JSON parsing, just the arrival time of each `ping N` body found in the bytes."""
+
+    def __init__(
+        self, request: bytes, sent_at: dict[int, float], latencies: list[float], expected: int
+    ) -> None:
+        self.request = request
+        self.sent_at = sent_at
+        self.latencies = latencies
+        self.expected = expected
+        self.got = 0
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.streaming = asyncio.get_running_loop().create_future()  # the 200 and its headers came
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        self.buffer += data
+        if not self.streaming.done():
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = self.buffer.split(b"\r\n", 1)[0]
+            if b" 200 " not in status:
+                self.streaming.set_exception(RuntimeError(f"stream refused: {status!r}"))
+                return
+            self.streaming.set_result(None)
+            self.buffer = self.buffer[end + 4 :]
+        while True:
+            start = self.buffer.find(PING)
+            if start < 0:
+                self.buffer = self.buffer[-len(PING) :]  # a marker may be split across reads
+                return
+            stop = self.buffer.find(b'"', start + len(PING))
+            if stop < 0:
+                self.buffer = self.buffer[start:]
+                return
+            self.latencies.append(now - self.sent_at[int(self.buffer[start + len(PING) : stop])])
+            self.buffer = self.buffer[stop:]
+            self.got += 1
+            if self.got == self.expected and not self.done.done():
+                self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(RuntimeError(f"stream ended after {self.got} messages"))
+
+
 async def fan_out(url: str, secret: str, subscribers: int, messages: int, rate: float) -> dict[str, float]:
     sender = f"sender-{uuid.uuid4().hex[:8]}"
     members = [f"sub-{uuid.uuid4().hex[:8]}" for _ in range(subscribers)]
     headers = {"Authorization": f"Bearer {mint_token(secret, sender)}"}
+    parts = urllib.parse.urlsplit(url)
+    loop = asyncio.get_running_loop()
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
         room = (await client.post("/v1/rooms", json={"name": "fan-out", "members": members})).json()["id"]
-        readers = await asyncio.gather(
-            *[open_raw_stream(url, mint_token(secret, m), f"/v1/events?room_id={room}") for m in members]
-        )
-        sent_at: dict[str, float] = {}
-        latencies: list[float] = []
-
-        async def receive(reader: asyncio.StreamReader) -> None:
-            got = 0
-            while got < messages:
-                line = await reader.readline()
-                if line.startswith(b"data: "):
-                    data = json.loads(line[6:])
-                    if "message" in data and data["message"]["body"] in sent_at:
-                        latencies.append(time.perf_counter() - sent_at[data["message"]["body"]])
-                        got += 1
-
-        receivers = [asyncio.create_task(receive(r)) for r in readers]
+        readers: list[_Subscriber] = []
+        for member in members:
+            request = (
+                f"GET /v1/events?room_id={room} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                f"Authorization: Bearer {mint_token(secret, member)}\r\n\r\n"
+            ).encode()
+            _, reader = await loop.create_connection(
+                lambda request=request: _Subscriber(request, sent_at, latencies, messages),
+                parts.hostname,
+                parts.port,
+            )
+            readers.append(reader)
+        await asyncio.gather(*[r.streaming for r in readers])
         for n in range(messages):
-            started = sent_at[f"ping {n}"] = time.perf_counter()
+            started = sent_at[n] = time.perf_counter()
             await client.post(f"/v1/rooms/{room}/messages", json={"body": f"ping {n}"})
             await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
-        await asyncio.wait_for(asyncio.gather(*receivers), 60)
+        await asyncio.wait_for(asyncio.gather(*[r.done for r in readers]), 60)
+        for r in readers:
+            if r.transport is not None:
+                r.transport.close()
     latencies.sort()
     return {
         "subscribers": subscribers,
