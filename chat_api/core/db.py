@@ -129,7 +129,9 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     async with contextlib.AsyncExitStack() as stack:
         async with asyncio.timeout_at(deadline):
             pooled = await stack.enter_async_context(engine.connect())
-            raw = (await pooled.get_raw_connection()).driver_connection
+            # Just checked out, so the driver connection is there: read it directly rather than by
+            # SQLAlchemy's awaitable accessor, a greenlet switch on every request.
+            raw = pooled.sync_connection.connection.driver_connection  # type: ignore[union-attr]  # started
             # A database restart closes every pooled connection at once: drop each dead one (the
             # pool connects afresh in its place) until a live one comes, not just the first.
             while raw is None or raw.is_closed():
