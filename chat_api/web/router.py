@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import jwt
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import FileResponse
-from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chat_api.auth.dependencies import CurrentUser, bearer
+from chat_api.auth.dependencies import CurrentUser, bearer_token
 from chat_api.web.cookie import COOKIE_PATH, SESSION_PARAM, cookie_name, session_id
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -48,13 +47,12 @@ class StreamSession(BaseModel):
 async def open_session(
     request: Request,
     user: CurrentUser,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     response: Response,
 ) -> StreamSession:
     """Sets the HttpOnly stream cookie for `GET /v1/events?session=…` (browsers' EventSource cannot
     send an Authorization header). Only present when the web client is enabled."""
-    assert credentials is not None  # CurrentUser has verified it (the cookie is never accepted here)
-    token = credentials.credentials
+    token = bearer_token(request)
+    assert token is not None  # CurrentUser has verified it (the cookie is never accepted here)
     expires = jwt.decode(token, options={"verify_signature": False}).get("exp")
     max_age = max(0, int(expires - time.time())) if isinstance(expires, int | float) else None
     session = session_id(user)
