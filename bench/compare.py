@@ -7,7 +7,7 @@ Each revision is checked out into a temporary worktree; its own `chat-api migrat
 serve` run on a fresh database with the same seed, all servers at once (one at a time under load).
 Scenarios: send into 100 rooms, send into one hot room, newest page. The revisions take turns in
 every round, so drift of a noisy machine hits them alike; each figure is the median over rounds.
-Prints throughput and p50 per revision and the throughput ratio to the first one."""
+Prints throughput, p50 and p99 per revision and the throughput ratio to the first one."""
 
 from __future__ import annotations
 
@@ -97,13 +97,15 @@ def main() -> int:
     def median(rev: str, scenario: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[rev][scenario])
 
-    header = f"{'revision':12}" + "".join(f" {s + ' /s':>18} {'p50 ms':>7} {'x first':>7}" for s in SCENARIOS)
+    header = f"{'revision':12}" + "".join(
+        f" {s + ' /s':>18} {'p50 ms':>7} {'p99 ms':>7} {'x first':>7}" for s in SCENARIOS
+    )
     print(header)
     for rev in args.revisions:
         line = f"{rev:12}"
         for s in SCENARIOS:
             throughput = median(rev, s, "throughput")
-            line += f" {throughput:18.0f} {median(rev, s, 'p50_ms'):7.1f} "
+            line += f" {throughput:18.0f} {median(rev, s, 'p50_ms'):7.1f} {median(rev, s, 'p99_ms'):7.1f} "
             line += f"{throughput / median(first, s, 'throughput'):7.2f}"
         print(line)
     errors = sum(r["errors"] for rev in runs.values() for rs in rev.values() for r in rs)
