@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -26,6 +27,7 @@ import chat_api.messages.models
 import chat_api.rooms.models  # noqa: F401 - registers the tables on Base.metadata
 from chat_api.core.db import SCHEMA_REVISION, Base, new_engine
 from chat_api.core.migrations import MIGRATION_LOCK_KEY, alembic_config, head_revision, migrate
+from chat_api.messages.schemas import Message
 from tests.conftest import make_settings, with_database
 
 TABLES = {"rooms", "members", "messages", "events", "event_log_state"}
@@ -217,3 +219,50 @@ async def test_downgrade_to_base_and_upgrade_again(fresh_url: str) -> None:
 
 def test_the_schema_revision_readyz_waits_for_is_the_migration_head() -> None:
     assert head_revision() == SCHEMA_REVISION
+
+
+def upgrade_with_a_message_stored_at_0003(connection: Connection) -> dict[str, Any]:
+    """A message written at 0003 (no doc yet), then 0004 and back: its doc, and chat_send() working
+    on both sides."""
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, "0003")
+    room = {"room": uuid.UUID("00000000-0000-0000-0000-00000000000a")}
+    for statement in (
+        "INSERT INTO rooms (id, name, created_by, last_seq) VALUES (:room, 'r', 'ann', 1)",
+        "INSERT INTO members (room_id, user_id, role) VALUES (:room, 'ann', 'owner')",
+        "INSERT INTO messages (room_id, seq, sender, body, created_at) "
+        "VALUES (:room, 1, 'ann', 'before 0004', '2026-11-28 10:00:00.5+00')",
+    ):
+        connection.execute(text(statement), room)
+    connection.commit()
+    command.upgrade(config, "0004")
+    connection.commit()
+    seen: dict[str, Any] = {"doc": scalar(connection, "SELECT doc FROM messages WHERE seq = 1")}
+    send = text("SELECT chat_send(:room, 10, 'ann', :body, NULL, NULL, NULL)")
+    seen["sent_at_head"] = connection.execute(send, {**room, "body": "at head"}).scalar()
+    connection.commit()
+    command.downgrade(config, "0003")
+    connection.commit()
+    seen["sent_at_0003"] = connection.execute(send, {**room, "body": "at 0003"}).scalar()
+    connection.commit()
+    command.upgrade(config, "head")
+    connection.commit()
+    return seen
+
+
+async def test_0004_writes_the_doc_of_messages_stored_before_it(fresh_url: str) -> None:
+    settings = make_settings(fresh_url)
+    await migrate(settings)
+    engine = new_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            seen = await conn.run_sync(upgrade_with_a_message_stored_at_0003)
+    finally:
+        await engine.dispose()
+    doc = orjson.loads(seen["doc"])
+    assert doc["body"] == "before 0004" and doc["seq"] == 1 and doc["sender"] == "ann", doc
+    assert doc["created_at"] == "2026-11-28T10:00:00.500000Z" and doc["edited_at"] is None, doc
+    assert doc["deleted"] is False and doc["reply_to"] is None and set(doc) == set(Message.model_fields)
+    assert orjson.loads(seen["sent_at_head"])["body"] == "at head"
+    assert orjson.loads(seen["sent_at_0003"])["body"] == "at 0003"

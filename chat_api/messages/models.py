@@ -39,3 +39,6 @@ class Message(Base):
     idempotency_key: Mapped[str | None] = mapped_column(Text)
     # Hash of what the keyed request asked for (room, body, reply_to): a replay must match it.
     request_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The message's JSON as clients get it (schemas.Message), written from the columns above by a
+    # trigger on every insert and update (migration 0004): reads hand it through.
+    doc: Mapped[str] = mapped_column(Text)

@@ -16,21 +16,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api.core.db import connection
 from chat_api.core.errors import Problem, not_found
-from chat_api.core.wire import SQL_TIMESTAMP, room_lock_key
+from chat_api.core.wire import room_lock_key
 from chat_api.events import log
 from chat_api.events.log import NOTIFY_SQL
 
 
 def message_json(m: str) -> str:
-    """SQL for the JSON of message row `m` (see schemas.Message); add ::text to hand it through."""
-    return f"""(SELECT row_to_json(x) FROM (SELECT {m}.id, {m}.room_id, {m}.seq, {m}.sender, {m}.body,
-        {m}.reply_to, {SQL_TIMESTAMP.format(f"{m}.created_at")} AS created_at,
-        {SQL_TIMESTAMP.format(f"{m}.edited_at")} AS edited_at, {m}.deleted) x)"""
+    """SQL for the JSON text of message row `m` (see schemas.Message): the row's `doc`, which a
+    trigger writes from its columns on every insert and update (migration 0004)."""
+    return f"{m}.doc"
 
 
 def event_json(m: str, seq: str) -> str:
     """SQL for the data object of an event about message row `m`, at room position `seq`."""
-    return f"""json_build_object('room_id', {m}.room_id, 'seq', {seq}, 'message', {message_json(m)})"""
+    return f"""json_build_object('room_id', {m}.room_id, 'seq', {seq}, 'message', {m}.doc::json)"""
 
 
 # A send is one call of the database function chat_send() (migration 0003), on its own: it takes the
@@ -45,7 +44,7 @@ _SEND_DIAGNOSIS = f"""
 SELECT EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member,
        keyed.room_id AS keyed_room, keyed.request_hash AS keyed_hash, keyed.j AS keyed_json
 FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-    SELECT m.room_id, m.request_hash, {message_json("m")}::text AS j
+    SELECT m.room_id, m.request_hash, {message_json("m")} AS j
     FROM messages m WHERE m.sender = $2 AND m.idempotency_key = $3
 ) AS keyed ON true
 """
@@ -55,7 +54,7 @@ FROM (SELECT 1) AS one LEFT JOIN LATERAL (
 _PAGE = """
 SELECT page.j FROM (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member
 LEFT JOIN LATERAL (
-    SELECT {json}::text AS j FROM messages m
+    SELECT {json} AS j FROM messages m
     WHERE m.room_id = $1 {where} ORDER BY m.seq {order} LIMIT $3
 ) AS page ON true
 """
@@ -68,7 +67,7 @@ _PAGES = {
 _ONE = f"""
 SELECT one.j FROM (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member
 LEFT JOIN LATERAL (
-    SELECT {message_json("m")}::text AS j FROM messages m WHERE m.room_id = $1 AND m.seq = $3
+    SELECT {message_json("m")} AS j FROM messages m WHERE m.room_id = $1 AND m.seq = $3
 ) AS one ON true
 """
 
@@ -88,7 +87,7 @@ WITH room AS (
     INSERT INTO events (room_id, seq, kind, payload)
     SELECT m.room_id, room.last_seq, '{kind}', {event} FROM message m, room
 )
-SELECT {json}::text, {notify} FROM message m
+SELECT {json}, {notify} FROM message m
 """
 _EDIT = _CHANGE.format(
     assignments="body = $3, edited_at = now()",

@@ -30,7 +30,7 @@ _ROOM_COLUMNS = f"""
         SELECT 1 FROM messages m
         WHERE m.room_id = r.id AND m.seq > mem.last_read_seq AND m.sender <> mem.user_id AND NOT m.deleted
         LIMIT {UNREAD_COUNT_CAP}) AS unread) AS unread_count,
-    (SELECT {message_json("m")}::text FROM messages m WHERE m.room_id = r.id ORDER BY m.seq DESC LIMIT 1)
+    (SELECT {message_json("m")} FROM messages m WHERE m.room_id = r.id ORDER BY m.seq DESC LIMIT 1)
         AS last_message
 """
 
