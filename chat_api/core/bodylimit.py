@@ -40,6 +40,7 @@ class BodySizeLimit:
             )
             await response(scope, receive, send)
             return
+        chunked = False
         for name, value in headers:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
                 response = problem_response(
@@ -47,6 +48,11 @@ class BodySizeLimit:
                 )
                 await response(scope, receive, send)
                 return
+            chunked = chunked or name == b"transfer-encoding"
+        if not chunked:
+            # No body, or one of the declared (and checked) length, which the server enforces.
+            await self.app(scope, receive, send)
+            return
         received = 0
 
         async def limited() -> Message:

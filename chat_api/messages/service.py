@@ -1,7 +1,8 @@
 """Messages: send (idempotent), history pages, one message, edit, delete, read markers.
 
-The message JSON is built by PostgreSQL, in the one shape clients get everywhere (REST answers and
-the event stream alike), and handed through as text without being parsed in Python.
+A message's JSON, in the one shape clients get everywhere (REST answers and the event stream
+alike), is written by PostgreSQL with the row (messages.doc, migration 0004) and handed through as
+text, never parsed in Python.
 """
 
 from __future__ import annotations

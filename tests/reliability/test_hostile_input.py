@@ -351,7 +351,7 @@ def _no_exp(sub: str) -> dict[str, Any]:
 
 TOKENS = {
     # label: (token for `sub`, a phrase of the 401 detail)
-    "alg none": (lambda sub: unsigned(good(sub)), "not valid"),
+    "alg none": (lambda sub: unsigned(good(sub)), "algorithm is not accepted"),
     "wrong key": (lambda sub: hs256(good(sub), "another-secret-" + "y" * 32), "signature"),
     "wrong audience": (lambda sub: hs256(claims(sub, iss=ISSUER, aud="other-api")), "audience"),
     "no audience": (lambda sub: hs256(claims(sub, iss=ISSUER)), "aud"),
