@@ -49,6 +49,7 @@ SPREAD_ROOMS = 100
 CONNECTIONS = 16
 BODY = "benchmark message with a little text in it"
 DEPTH_ROUNDS = 3
+STARTS = 3
 
 
 @dataclass
@@ -335,9 +336,18 @@ def run(profile: Profile) -> list[Row]:
         postgres() as (admin_url, connect),
         migrated_database(admin_url, profile) as (name, database_url, ids),
     ):
+        # Start-up is timed three times (the machine's noise is large next to one start); the last
+        # start is the server that is measured.
+        earlier_starts = []
+        for _ in range(STARTS - 1):
+            trial = start_server(database_url, work / "start.log")
+            earlier_starts.append(trial.started_in)
+            stop(trial.process)
         server = start_server(database_url, work / "serve.log")
         try:
-            rows += measure(profile, server, connect, name, token, ids, work)
+            rows += measure(
+                profile, server, [*earlier_starts, server.started_in], connect, name, token, ids, work
+            )
         finally:
             stop(server.process)
     return rows
@@ -346,6 +356,7 @@ def run(profile: Profile) -> list[Row]:
 def measure(
     profile: Profile,
     server: Server,
+    starts: list[float],
     connect: list[str],
     database: str,
     token: str,
@@ -363,9 +374,9 @@ def measure(
     rows.append(
         Row(
             "7. start-up to /readyz 200",
-            p50_ms=server.started_in * 1000,
+            p50_ms=statistics.median(starts) * 1000,
             floor="target < 1500 ms",
-            extra={"idle_rss_mib": round(idle_rss_mib, 1)},
+            extra={"idle_rss_mib": round(idle_rss_mib, 1), "starts_ms": [round(t * 1000) for t in starts]},
         )
     )
 

@@ -35,6 +35,8 @@ def main(path: str) -> int:
     seven = next((r for r in rows if r["scenario"].startswith("7.")), {})
     if not seven.get("extra", {}).get("idle_rss_mib"):
         problems.append("7.: no idle RSS")
+    if len(seven.get("extra", {}).get("starts_ms", [])) != 3:
+        problems.append("7.: not three timed starts")
     for problem in problems:
         print(f"bench check: {problem}", file=sys.stderr)
     print(f"bench check: {len(rows)} scenarios, {'ok' if not problems else 'FAILED'}")
