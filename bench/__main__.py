@@ -307,18 +307,16 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def migrated_database(
-    admin_url: str, profile: Profile, src: Path | None = None
-) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """A fresh database, migrated by this checkout (or the source tree `src`) and seeded; dropped
-    afterwards. Yields its name, its URL and the seeded ids."""
+def migrated_database(admin_url: str, src: Path | None = None) -> Iterator[tuple[str, str]]:
+    """A fresh database, migrated by this checkout (or the source tree `src`); dropped afterwards.
+    Yields its name and its URL."""
     name = f"chat_bench_{uuid.uuid4().hex[:8]}"
     subprocess.run(["psql", "-q", "-d", admin_url, "-c", f'CREATE DATABASE "{name}"'], check=True)
     database_url = with_database(admin_url, name)
     try:
         command, env = chat_api("migrate", src=src)
         subprocess.run(command, env={**env, "DATABASE_URL": database_url}, check=True, capture_output=True)
-        yield name, database_url, asyncio.run(seed(database_url, profile))
+        yield name, database_url
     finally:
         subprocess.run(
             ["psql", "-q", "-d", admin_url, "-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
@@ -334,10 +332,11 @@ def run(profile: Profile) -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="chat-api-bench-"))
     with (
         postgres() as (admin_url, connect),
-        migrated_database(admin_url, profile) as (name, database_url, ids),
+        migrated_database(admin_url) as (name, database_url),
     ):
-        # Start-up is timed three times (the machine's noise is large next to one start); the last
-        # start is the server that is measured.
+        # Start-up is timed three times (the machine's noise is large next to one start), before
+        # the bulk load so that its write-back does not land in it; the last start is the server
+        # that is measured.
         earlier_starts = []
         for _ in range(STARTS - 1):
             trial = start_server(database_url, work / "start.log")
@@ -345,9 +344,10 @@ def run(profile: Profile) -> list[Row]:
             stop(trial.process)
         server = start_server(database_url, work / "serve.log")
         try:
-            rows += measure(
-                profile, server, [*earlier_starts, server.started_in], connect, name, token, ids, work
-            )
+            starts = [*earlier_starts, server.started_in]
+            idle_rss_mib = streams.rss_kib(server.process.pid) / 1024
+            ids = asyncio.run(seed(database_url, profile))
+            rows += measure(profile, server, starts, idle_rss_mib, connect, name, token, ids, work)
         finally:
             stop(server.process)
     return rows
@@ -357,6 +357,7 @@ def measure(
     profile: Profile,
     server: Server,
     starts: list[float],
+    idle_rss_mib: float,
     connect: list[str],
     database: str,
     token: str,
@@ -369,8 +370,7 @@ def measure(
     spread_file.write_text("\n".join(room_uuid(n) for n in range(1, SPREAD_ROOMS + 1)) + "\n")
     hot_file.write_text(room_uuid(1) + "\n")
 
-    # 7. start-up and idle memory first, before anything warms the process.
-    idle_rss_mib = streams.rss_kib(server.process.pid) / 1024
+    # 7. start-up and idle memory, taken before anything warmed the process.
     rows.append(
         Row(
             "7. start-up to /readyz 200",

@@ -12,6 +12,7 @@ Prints throughput, p50 and p99 per revision and the throughput ratio to the firs
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import statistics
 import subprocess
@@ -30,6 +31,7 @@ from bench.__main__ import (
     migrated_database,
     postgres,
     room_uuid,
+    seed,
     start_server,
     stop,
     wrk,
@@ -57,7 +59,8 @@ def worktree(revision: str) -> Iterator[Path]:
 def revision_server(revision: str, admin_url: str) -> Iterator[tuple[Server, dict[str, Path]]]:
     """The revision's server on its own fresh database, and the wrk data file of each scenario."""
     work = Path(tempfile.mkdtemp(prefix="chat-api-compare-"))
-    with worktree(revision) as src, migrated_database(admin_url, QUICK, src) as (_, database_url, ids):
+    with worktree(revision) as src, migrated_database(admin_url, src) as (_, database_url):
+        ids = asyncio.run(seed(database_url, QUICK))
         files = {name: work / f"{n}.txt" for n, name in enumerate(SCENARIOS)}
         files["send 100 rooms"].write_text("\n".join(room_uuid(n) for n in range(1, SPREAD_ROOMS + 1)))
         files["send hot room"].write_text(room_uuid(1) + "\n")
