@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,15 +198,21 @@ def round_trip(connection: Connection) -> dict[str, Any]:
     return seen
 
 
-async def test_downgrade_to_base_and_upgrade_again(fresh_url: str) -> None:
-    settings = make_settings(fresh_url)
+async def on_migrated(url: str, steps: Callable[[Connection], dict[str, Any]]) -> dict[str, Any]:
+    """Migrates the database at `url` to head, then runs `steps` (Alembic commands and checks) on
+    a connection the way chat_api.core.migrations hands one to Alembic."""
+    settings = make_settings(url)
     await migrate(settings)
     engine = new_engine(settings)
     try:
         async with engine.connect() as conn:
-            seen = await conn.run_sync(round_trip)
+            return await conn.run_sync(steps)
     finally:
         await engine.dispose()
+
+
+async def test_downgrade_to_base_and_upgrade_again(fresh_url: str) -> None:
+    seen = await on_migrated(fresh_url, round_trip)
     assert seen["after_downgrade_tables"] & TABLES == set(), seen
     assert seen["after_downgrade_versions"] == 0, seen
     added = {diff[1].name for diff in seen["after_downgrade_diff"] if diff[0] == "add_table"}
@@ -252,14 +258,7 @@ def upgrade_with_a_message_stored_at_0003(connection: Connection) -> dict[str, A
 
 
 async def test_0004_writes_the_doc_of_messages_stored_before_it(fresh_url: str) -> None:
-    settings = make_settings(fresh_url)
-    await migrate(settings)
-    engine = new_engine(settings)
-    try:
-        async with engine.connect() as conn:
-            seen = await conn.run_sync(upgrade_with_a_message_stored_at_0003)
-    finally:
-        await engine.dispose()
+    seen = await on_migrated(fresh_url, upgrade_with_a_message_stored_at_0003)
     doc = orjson.loads(seen["doc"])
     assert doc["body"] == "before 0004" and doc["seq"] == 1 and doc["sender"] == "ann", doc
     assert doc["created_at"] == "2026-11-28T10:00:00.500000Z" and doc["edited_at"] is None, doc
