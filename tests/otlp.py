@@ -257,31 +257,15 @@ def _point(name: str, kind: str, point: Any, resource: dict[str, Any]) -> PointV
 # -- gRPC ----------------------------------------------------------------------------------------
 
 
-class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, store: Store) -> None:
-        self.store = store
+def _servicer(base: type, response: type, store: Store) -> Any:
+    """An OTLP gRPC service (traces, logs or metrics) whose Export keeps the request in `store`."""
 
-    def Export(self, request: Any, context: Any) -> Any:
-        self.store.add(request)
-        return trace_service_pb2.ExportTraceServiceResponse()
+    class Servicer(base):  # type: ignore[misc]
+        def Export(self, request: Any, context: Any) -> Any:
+            store.add(request)
+            return response()
 
-
-class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def Export(self, request: Any, context: Any) -> Any:
-        self.store.add(request)
-        return logs_service_pb2.ExportLogsServiceResponse()
-
-
-class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def Export(self, request: Any, context: Any) -> Any:
-        self.store.add(request)
-        return metrics_service_pb2.ExportMetricsServiceResponse()
+    return Servicer()
 
 
 class GrpcReceiver(Store):
@@ -292,9 +276,20 @@ class GrpcReceiver(Store):
         super().__init__()
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="otlp-grpc-receiver")
         self._server = grpc.server(self._pool)
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self), self._server)  # type: ignore[no-untyped-call]
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(self), self._server)  # type: ignore[no-untyped-call]
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self), self._server)  # type: ignore[no-untyped-call]
+        traces = _servicer(
+            trace_service_pb2_grpc.TraceServiceServicer, trace_service_pb2.ExportTraceServiceResponse, self
+        )
+        logs = _servicer(
+            logs_service_pb2_grpc.LogsServiceServicer, logs_service_pb2.ExportLogsServiceResponse, self
+        )
+        metrics = _servicer(
+            metrics_service_pb2_grpc.MetricsServiceServicer,
+            metrics_service_pb2.ExportMetricsServiceResponse,
+            self,
+        )
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(traces, self._server)  # type: ignore[no-untyped-call]
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(logs, self._server)  # type: ignore[no-untyped-call]
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(metrics, self._server)  # type: ignore[no-untyped-call]
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self.endpoint = f"http://127.0.0.1:{self.port}"
 

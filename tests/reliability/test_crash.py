@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,6 @@ from tests.reliability.faults import (
     Sender,
     ServerProcess,
     acked_again,
-    chat_database,
     check_database,
     check_stream,
     create_room,
@@ -35,19 +34,13 @@ LOAD_BEFORE_CRASH = 1.5
 BUDGET = 60.0
 
 
-@pytest.fixture
-async def db() -> AsyncIterator[ChatDatabase]:
-    async with chat_database() as database:
-        yield database
-
-
 async def test_kill_9_under_load_loses_and_duplicates_nothing(
-    db: ChatDatabase, tmp_path: Path, record_property: Callable[[str, object], None]
+    cluster_db: ChatDatabase, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     began = time.monotonic()
     deadline = began + BUDGET
     with server_processes() as servers:
-        a = ServerProcess("a", db.url, tmp_path)
+        a = ServerProcess("a", cluster_db.url, tmp_path)
         servers.append(a)
         await a.ready()
         tag = f"crash-{int(began)}"
@@ -69,7 +62,7 @@ async def test_kill_9_under_load_loses_and_duplicates_nothing(
                 killed_at = time.monotonic()
                 assert await a.exited(5) == -9
 
-                b = ServerProcess("b", db.url, tmp_path)
+                b = ServerProcess("b", cluster_db.url, tmp_path)
                 servers.append(b)
                 await b.ready()
                 route.add(b.url)  # clients refused by A go on to B
@@ -96,7 +89,7 @@ async def test_kill_9_under_load_loses_and_duplicates_nothing(
     lost_on_a = [at for at in attempts if at.server == a.url and at.status is None]
     assert lost_on_a, "no request met the crash"
 
-    tally = await check_database(db, room_id, senders)
+    tally = await check_database(cluster_db, room_id, senders)
     streamed = check_stream(follower, senders, room_id)
     assert tally.found == tally.acked == streamed
     assert not b.errors_logged(), b.errors_logged()[:3]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,6 @@ from tests.reliability.faults import (
     ServerProcess,
     acked_again,
     bearer,
-    chat_database,
     check_database,
     check_stream,
     create_room,
@@ -42,12 +41,6 @@ LOAD_BEFORE_OUTAGE = 1.5  # seconds of normal load before the database stops
 # the timeout does not bound (e.g. connecting to a hung database) is caught, not ended by the thaw.
 OUTAGE = {"stop": 4.0, "freeze": 8.0}
 BUDGET = 60.0  # the whole test's client budget
-
-
-@pytest.fixture
-async def db() -> AsyncIterator[ChatDatabase]:
-    async with chat_database() as database:
-        yield database
 
 
 @dataclass
@@ -71,7 +64,7 @@ async def probe_readiness(url: str, probes: list[Probe]) -> None:
 
 @pytest.mark.parametrize("fault", ["stop", "freeze"])
 async def test_database_outage_under_load(
-    fault: str, db: ChatDatabase, tmp_path: Path, record_property: Callable[[str, object], None]
+    fault: str, cluster_db: ChatDatabase, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     """stop: `pg_ctl stop -m fast` (connections closed, new ones refused), then start again.
     freeze: SIGSTOP on every process of the cluster (nothing fails, nothing answers), then SIGCONT."""
@@ -82,7 +75,7 @@ async def test_database_outage_under_load(
         # soon need new connections, so waiting and connecting are under test too, not only
         # statements on pooled connections.
         server = ServerProcess(
-            "serve", db.url, tmp_path, CHAT_API_DB_POOL_SIZE="4", CHAT_API_DB_POOL_MAX_OVERFLOW="0"
+            "serve", cluster_db.url, tmp_path, CHAT_API_DB_POOL_SIZE="4", CHAT_API_DB_POOL_MAX_OVERFLOW="0"
         )
         servers.append(server)
         await server.ready()
@@ -108,9 +101,9 @@ async def test_database_outage_under_load(
 
                 down_at = time.monotonic()
                 if fault == "stop":
-                    await db.stop("fast")
+                    await cluster_db.stop("fast")
                 else:
-                    frozen = db.freeze()
+                    frozen = cluster_db.freeze()
                 stopped_at = time.monotonic()
                 not_ready_after = await wait_until(
                     lambda: any(p.at >= stopped_at and p.status == 503 for p in probes),
@@ -119,9 +112,9 @@ async def test_database_outage_under_load(
                 )
                 await asyncio.sleep(max(0.0, OUTAGE[fault] - (time.monotonic() - stopped_at)))
                 if fault == "stop":
-                    await db.start()
+                    await cluster_db.start()
                 else:
-                    db.thaw(frozen)
+                    cluster_db.thaw(frozen)
                 up_at = time.monotonic()
 
                 ready_after = await wait_until(
@@ -174,7 +167,7 @@ async def test_database_outage_under_load(
     assert not any(p.status not in (200, 503) for p in probes), {p.status for p in probes}
     assert not [s.unacked for s in senders if s.unacked], "sends were never acknowledged"
 
-    tally = await check_database(db, room_id, senders)
+    tally = await check_database(cluster_db, room_id, senders)
     streamed = check_stream(follower, senders, room_id)
     assert tally.found == tally.acked == streamed
     assert not server.errors_logged(), server.errors_logged()[:3]
@@ -197,12 +190,12 @@ async def test_database_outage_under_load(
 
 
 async def test_first_requests_after_a_quiet_database_restart_succeed(
-    db: ChatDatabase, tmp_path: Path
+    cluster_db: ChatDatabase, tmp_path: Path
 ) -> None:
     # A restart between requests (a failover, a minor-version upgrade) closes every pooled
     # connection. The next requests must get fresh connections, not the pool's dead ones.
     with server_processes() as servers:
-        server = ServerProcess("serve", db.url, tmp_path)
+        server = ServerProcess("serve", cluster_db.url, tmp_path)
         servers.append(server)
         await server.ready()
         tag = f"restart-{int(time.monotonic())}"
@@ -224,23 +217,23 @@ async def test_first_requests_after_a_quiet_database_restart_succeed(
 
         # Concurrent sends leave several connections in the pool.
         before = await send_once(1, concurrently=True)
-        await db.stop("fast")
-        await db.start()
+        await cluster_db.stop("fast")
+        await cluster_db.start()
         await asyncio.sleep(0.5)  # the server noticed its connections closing; nobody asked meanwhile
         # One after another: each request meets the dead connections the pool hands out first.
         after = await send_once(2, concurrently=False)
         statuses = [a.status for s in after for a in s.attempts]
         assert statuses == [201] * len(users), statuses
-        tally = await check_database(db, room_id, before + after)
+        tally = await check_database(cluster_db, room_id, before + after)
         assert tally.found == tally.acked == 2 * len(users)
         assert not server.errors_logged(), server.errors_logged()[:3]
 
 
 async def test_resuming_a_stream_while_the_database_is_down_is_a_503(
-    db: ChatDatabase, tmp_path: Path
+    cluster_db: ChatDatabase, tmp_path: Path
 ) -> None:
     with server_processes() as servers:
-        server = ServerProcess("serve", db.url, tmp_path)
+        server = ServerProcess("serve", cluster_db.url, tmp_path)
         servers.append(server)
         await server.ready()
         tag = f"resume-{int(time.monotonic())}"
@@ -252,7 +245,7 @@ async def test_resuming_a_stream_while_the_database_is_down_is_a_503(
             sender = Sender(f"owner-{tag}", room_id, Route(server.url), time.monotonic() + 10, f"[{tag}]")
             await sender.run(limit=1)
             assert not await follower.wait_for_ids({m["id"] for m in sender.acked.values()}, 10)
-            await db.stop("fast")
+            await cluster_db.stop("fast")
             # The same user reconnects (a second tab, or the first stream broke): the hub knows the
             # user already, so only the cursor check needs the database.
             headers = {**bearer(watcher), "Last-Event-ID": str(follower.last_id)}

@@ -8,7 +8,7 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,6 @@ from tests.reliability.faults import (
     Sender,
     ServerProcess,
     acked_again,
-    chat_database,
     check_database,
     check_stream,
     create_room,
@@ -40,12 +39,6 @@ BUDGET = 60.0
 SEND_ROUTE = "/v1/rooms/{room_id}/messages"
 
 
-@pytest.fixture
-async def db() -> AsyncIterator[ChatDatabase]:
-    async with chat_database() as database:
-        yield database
-
-
 def sends_logged(server: ServerProcess) -> Counter[str]:
     """POST .../messages requests the server's app handled, per user (its access log)."""
     return Counter(
@@ -58,13 +51,13 @@ def sends_logged(server: ServerProcess) -> Counter[str]:
 
 
 async def test_sigterm_under_load_drains_and_streams_resume_elsewhere(
-    db: ChatDatabase, tmp_path: Path, record_property: Callable[[str, object], None]
+    cluster_db: ChatDatabase, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     began = time.monotonic()
     deadline = began + BUDGET
     with server_processes() as servers:
-        a = ServerProcess("a", db.url, tmp_path)
-        b = ServerProcess("b", db.url, tmp_path)
+        a = ServerProcess("a", cluster_db.url, tmp_path)
+        b = ServerProcess("b", cluster_db.url, tmp_path)
         servers += [a, b]
         await asyncio.gather(a.ready(), b.ready())
         tag = f"drain-{int(began)}"
@@ -121,7 +114,7 @@ async def test_sigterm_under_load_drains_and_streams_resume_elsewhere(
     on_b = [c for c in follower.connections if c.server == b.url and c.status == 200]
     assert on_b and on_b[0].last_event_id, "the stream did not resume on B with Last-Event-ID"
     streamed = check_stream(follower, senders, room_id)
-    tally = await check_database(db, room_id, senders)
+    tally = await check_database(cluster_db, room_id, senders)
     assert tally.found == tally.acked == streamed
     record_property(
         "figures",

@@ -9,7 +9,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,6 @@ from tests.reliability.faults import (
     Sender,
     ServerProcess,
     bearer,
-    chat_database,
     check_database,
     check_stream,
     create_room,
@@ -40,12 +39,6 @@ SENDERS = 8
 WARM_UP = 40  # messages sent before the first measurement
 RSS_GROWTH_LIMIT_MIB = 150
 BUDGET = 90.0
-
-
-@pytest.fixture
-async def db() -> AsyncIterator[ChatDatabase]:
-    async with chat_database() as database:
-        yield database
 
 
 def open_stalled_stream(port: int, user: str) -> socket.socket:
@@ -104,14 +97,14 @@ def established_connections(port: int) -> int:
 
 
 async def test_slow_consumers_are_cut_and_memory_stays_bounded(
-    db: ChatDatabase, tmp_path: Path, record_property: Callable[[str, object], None]
+    cluster_db: ChatDatabase, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     began = time.monotonic()
     deadline = began + BUDGET
     with server_processes() as servers:
         server = ServerProcess(
             "serve",
-            db.url,
+            cluster_db.url,
             tmp_path,
             CHAT_API_STREAM_BUFFER_EVENTS=str(BUFFER_EVENTS),
             CHAT_API_STREAM_HEARTBEAT_SECONDS="15",  # stalled streams see nothing but the burst
@@ -167,7 +160,7 @@ async def test_slow_consumers_are_cut_and_memory_stays_bounded(
 
     growth_mib = (peak - rss_before) / 1024
     assert growth_mib < RSS_GROWTH_LIMIT_MIB, (rss_before, peak, rss_after)
-    tally = await check_database(db, room_id, [*warm, *burst])
+    tally = await check_database(cluster_db, room_id, [*warm, *burst])
     streamed = check_stream(follower, burst, room_id)
     assert tally.found == tally.acked == MESSAGES + len(warm) * (WARM_UP // SENDERS)
     record_property(
