@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import TEST_SECRET, free_port
 from tests.pgcluster import ThrowawayCluster
+from tests.processes import stop_process
 
 CLI = [sys.executable, "-m", "chat_api"]
 # What CloudNativePG may generate: characters with a meaning in a URI, and a literal %2F to catch double
@@ -79,14 +80,7 @@ class Background:
         self.proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL when it does not go."""
-        if self.proc.poll() is None:
-            self.sigterm()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from chat_api.auth.tokens import mint_token
 from chat_api.core.migrations import migrate
 from tests.conftest import TEST_SECRET, free_port, make_settings
 from tests.pgcluster import ThrowawayCluster
+from tests.processes import stop_process
 
 CLI = [sys.executable, "-m", "chat_api"]
 DB_TIMEOUT = 3.0  # CHAT_API_DB_TIMEOUT of every server the harness starts
@@ -206,13 +207,7 @@ class ServerProcess:
             await asyncio.sleep(0.02)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.sigterm()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 @contextlib.contextmanager
