@@ -6,7 +6,9 @@ more than half of PostgreSQL's work for a history page: 0.44 ms per page of 50 a
 reading stored text (pgbench, one client, this project's machine). It is now written when the row
 is: a BEFORE INSERT OR UPDATE trigger sets `doc` from the row's own columns, so every writer
 (chat_send(), edits, deletes, a bulk load with plain SQL) keeps it true, and its shape is defined
-here once. The price is the body stored twice.
+here once. The price is the body stored twice. The upgrade rewrites every existing message row once,
+in one transaction: instant for a young database; for a large one, run it in a maintenance window
+(the migration Job's deadline bounds it).
 
 chat_send() is replaced by a version that returns and logs `doc` instead of building the JSON again.
 
