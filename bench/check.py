@@ -29,6 +29,10 @@ def main(path: str) -> int:
         problems += [f"{row['scenario']}: no {name}" for name in fields if row.get(name) is None]
         if row.get("errors"):
             problems.append(f"{row['scenario']}: {row['errors']} failed requests")
+    for prefix in ("1.", "2."):
+        row = next((r for r in rows if r["scenario"].startswith(prefix)), {})
+        if row and not row.get("extra", {}).get("floor_p99_ms"):
+            problems.append(f"{prefix}: no floor p99")
     six = next((r for r in rows if r["scenario"].startswith("6.")), {})
     if not six.get("extra", {}).get("kib_per_stream"):
         problems.append("6.: no memory per idle stream")
