@@ -22,12 +22,6 @@ from chat_api.events import log
 from chat_api.events.log import NOTIFY_SQL
 
 
-def message_json(m: str) -> str:
-    """SQL for the JSON text of message row `m` (see schemas.Message): the row's `doc`, which a
-    trigger writes from its columns on every insert and update (migration 0004)."""
-    return f"{m}.doc"
-
-
 def event_json(m: str, seq: str) -> str:
     """SQL for the data object of an event about message row `m`, at room position `seq`."""
     return f"""json_build_object('room_id', {m}.room_id, 'seq', {seq}, 'message', {m}.doc::json)"""
@@ -41,11 +35,11 @@ def event_json(m: str, seq: str) -> str:
 # $7 request hash.
 SEND = "SELECT chat_send($1, $2, $3, $4, $5, $6, $7)"
 
-_SEND_DIAGNOSIS = f"""
+_SEND_DIAGNOSIS = """
 SELECT EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member,
        keyed.room_id AS keyed_room, keyed.request_hash AS keyed_hash, keyed.j AS keyed_json
 FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-    SELECT m.room_id, m.request_hash, {message_json("m")} AS j
+    SELECT m.room_id, m.request_hash, m.doc AS j
     FROM messages m WHERE m.sender = $2 AND m.idempotency_key = $3
 ) AS keyed ON true
 """
@@ -55,20 +49,20 @@ FROM (SELECT 1) AS one LEFT JOIN LATERAL (
 _PAGE = """
 SELECT page.j FROM (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member
 LEFT JOIN LATERAL (
-    SELECT {json} AS j FROM messages m
+    SELECT m.doc AS j FROM messages m
     WHERE m.room_id = $1 {where} ORDER BY m.seq {order} LIMIT $3
 ) AS page ON true
 """
 _PAGES = {
-    "newest": _PAGE.format(json=message_json("m"), where="", order="DESC"),
-    "before": _PAGE.format(json=message_json("m"), where="AND m.seq < $4", order="DESC"),
-    "after": _PAGE.format(json=message_json("m"), where="AND m.seq > $4", order="ASC"),
+    "newest": _PAGE.format(where="", order="DESC"),
+    "before": _PAGE.format(where="AND m.seq < $4", order="DESC"),
+    "after": _PAGE.format(where="AND m.seq > $4", order="ASC"),
 }
 
-_ONE = f"""
+_ONE = """
 SELECT one.j FROM (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member
 LEFT JOIN LATERAL (
-    SELECT {message_json("m")} AS j FROM messages m WHERE m.room_id = $1 AND m.seq = $3
+    SELECT m.doc AS j FROM messages m WHERE m.room_id = $1 AND m.seq = $3
 ) AS one ON true
 """
 
@@ -79,31 +73,19 @@ WHERE mem.room_id = $1 AND mem.user_id = $2
 """
 
 # Edit and delete: the room's next seq, the change, its event and the doorbell, in one statement.
-_CHANGE = """
+_CHANGE = f"""
 WITH room AS (
     UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq
 ), message AS (
-    UPDATE messages SET {assignments} WHERE room_id = $1 AND seq = $2 RETURNING *
+    UPDATE messages SET {{assignments}} WHERE room_id = $1 AND seq = $2 RETURNING *
 ), event AS (
     INSERT INTO events (room_id, seq, kind, payload)
-    SELECT m.room_id, room.last_seq, '{kind}', {event} FROM message m, room
+    SELECT m.room_id, room.last_seq, '{{kind}}', {event_json("m", "room.last_seq")} FROM message m, room
 )
-SELECT {json}, {notify} FROM message m
+SELECT m.doc, {NOTIFY_SQL} FROM message m
 """
-_EDIT = _CHANGE.format(
-    assignments="body = $3, edited_at = now()",
-    kind="message.updated",
-    event=event_json("m", "room.last_seq"),
-    json=message_json("m"),
-    notify=NOTIFY_SQL,
-)
-_DELETE = _CHANGE.format(
-    assignments="body = NULL, deleted = true",
-    kind="message.deleted",
-    event=event_json("m", "room.last_seq"),
-    json=message_json("m"),
-    notify=NOTIFY_SQL,
-)
+_EDIT = _CHANGE.format(assignments="body = $3, edited_at = now()", kind="message.updated")
+_DELETE = _CHANGE.format(assignments="body = NULL, deleted = true", kind="message.deleted")
 
 _MARK_READ = """
 UPDATE members SET last_read_seq = GREATEST(members.last_read_seq, LEAST($3, r.last_seq))

@@ -17,7 +17,6 @@ from chat_api.core.db import connection
 from chat_api.core.errors import Problem, not_found
 from chat_api.events import log
 from chat_api.events.cursor import Cursor
-from chat_api.messages.service import message_json
 from chat_api.rooms.schemas import Member, Room, RoomDetail, RoomPage
 
 # Counting unread messages reads at most this many index entries per room; beyond it the count
@@ -30,7 +29,7 @@ _ROOM_COLUMNS = f"""
         SELECT 1 FROM messages m
         WHERE m.room_id = r.id AND m.seq > mem.last_read_seq AND m.sender <> mem.user_id AND NOT m.deleted
         LIMIT {UNREAD_COUNT_CAP}) AS unread) AS unread_count,
-    (SELECT {message_json("m")} FROM messages m WHERE m.room_id = r.id ORDER BY m.seq DESC LIMIT 1)
+    (SELECT m.doc FROM messages m WHERE m.room_id = r.id ORDER BY m.seq DESC LIMIT 1)
         AS last_message
 """
 
