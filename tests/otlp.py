@@ -225,17 +225,6 @@ class Store:
                 raise AssertionError(f"not received within {timeout} s: {getattr(predicate, '__name__', '')}")
             await asyncio.sleep(0.05)
 
-    def wait_until_blocking(self, predicate: Callable[[], T], timeout: float = 10.0) -> T:
-        """As wait_until, for code outside the event loop (it blocks the calling thread)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not received within {timeout} s")
-            time.sleep(0.05)
-
 
 def _point(name: str, kind: str, point: Any, resource: dict[str, Any]) -> PointView:
     attrs = attributes(point.attributes)

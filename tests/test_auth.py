@@ -231,6 +231,15 @@ class JwksServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/.well-known/jwks.json"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
+    def __enter__(self) -> JwksServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
     def publish(self, jwk: dict[str, Any]) -> None:
         with self._lock:
             self.keys.append(jwk)
@@ -265,14 +274,8 @@ def signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str, **extr
 
 @pytest.fixture
 def jwks() -> Iterator[JwksServer]:
-    server = JwksServer()
-    server.thread.start()
-    try:
+    with JwksServer() as server:
         yield server
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
-        server.thread.join(5)
 
 
 @pytest.fixture(scope="module")

@@ -210,14 +210,28 @@ class ServerProcess:
         stop_process(self.proc)
 
 
+class Servers:
+    """The servers a test starts (see server_processes)."""
+
+    def __init__(self) -> None:
+        self.started: list[ServerProcess] = []
+
+    async def start(self, name: str, database_url: str, directory: Path, **extra_env: str) -> ServerProcess:
+        """`chat-api serve`, once it is ready."""
+        server = ServerProcess(name, database_url, directory, **extra_env)
+        self.started.append(server)
+        await server.ready()
+        return server
+
+
 @contextlib.contextmanager
-def server_processes() -> Iterator[list[ServerProcess]]:
-    """Collects the servers a test starts and stops whatever is still running at the end."""
-    started: list[ServerProcess] = []
+def server_processes() -> Iterator[Servers]:
+    """Starts servers for a test and stops whatever is still running at the end."""
+    servers = Servers()
     try:
-        yield started
+        yield servers
     finally:
-        for server in started:
+        for server in servers.started:
             server.stop()
 
 

@@ -16,7 +16,6 @@ from tests.reliability.faults import (
     Follower,
     Route,
     Sender,
-    ServerProcess,
     acked_again,
     check_database,
     check_stream,
@@ -40,9 +39,7 @@ async def test_kill_9_under_load_loses_and_duplicates_nothing(
     began = time.monotonic()
     deadline = began + BUDGET
     with server_processes() as servers:
-        a = ServerProcess("a", cluster_db.url, tmp_path)
-        servers.append(a)
-        await a.ready()
+        a = await servers.start("a", cluster_db.url, tmp_path)
         tag = f"crash-{int(began)}"
         users = [f"sender{i}-{tag}" for i in range(SENDERS)]
         watcher = f"watcher-{tag}"
@@ -62,9 +59,7 @@ async def test_kill_9_under_load_loses_and_duplicates_nothing(
                 killed_at = time.monotonic()
                 assert await a.exited(5) == -9
 
-                b = ServerProcess("b", cluster_db.url, tmp_path)
-                servers.append(b)
-                await b.ready()
+                b = await servers.start("b", cluster_db.url, tmp_path)
                 route.add(b.url)  # clients refused by A go on to B
                 b_ready_after = time.monotonic() - killed_at
                 await wait_until(acked_again(senders, 5), 20, "every client acknowledged again")

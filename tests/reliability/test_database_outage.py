@@ -21,7 +21,6 @@ from tests.reliability.faults import (
     Follower,
     Route,
     Sender,
-    ServerProcess,
     acked_again,
     bearer,
     check_database,
@@ -74,11 +73,9 @@ async def test_database_outage_under_load(
         # A pool smaller than the load: requests wait for the pool, and when the database hangs they
         # soon need new connections, so waiting and connecting are under test too, not only
         # statements on pooled connections.
-        server = ServerProcess(
+        server = await servers.start(
             "serve", cluster_db.url, tmp_path, CHAT_API_DB_POOL_SIZE="4", CHAT_API_DB_POOL_MAX_OVERFLOW="0"
         )
-        servers.append(server)
-        await server.ready()
         tag = f"{fault}-{int(began)}"
         users = [f"sender{i}-{tag}" for i in range(SENDERS)]
         watcher = f"watcher-{tag}"
@@ -195,9 +192,7 @@ async def test_first_requests_after_a_quiet_database_restart_succeed(
     # A restart between requests (a failover, a minor-version upgrade) closes every pooled
     # connection. The next requests must get fresh connections, not the pool's dead ones.
     with server_processes() as servers:
-        server = ServerProcess("serve", cluster_db.url, tmp_path)
-        servers.append(server)
-        await server.ready()
+        server = await servers.start("serve", cluster_db.url, tmp_path)
         tag = f"restart-{int(time.monotonic())}"
         users = [f"sender{i}-{tag}" for i in range(10)]
         room_id = await create_room(server.url, f"owner-{tag}", users)
@@ -233,9 +228,7 @@ async def test_resuming_a_stream_while_the_database_is_down_is_a_503(
     cluster_db: ChatDatabase, tmp_path: Path
 ) -> None:
     with server_processes() as servers:
-        server = ServerProcess("serve", cluster_db.url, tmp_path)
-        servers.append(server)
-        await server.ready()
+        server = await servers.start("serve", cluster_db.url, tmp_path)
         tag = f"resume-{int(time.monotonic())}"
         watcher = f"watcher-{tag}"
         room_id = await create_room(server.url, f"owner-{tag}", [watcher])

@@ -56,10 +56,9 @@ async def test_sigterm_under_load_drains_and_streams_resume_elsewhere(
     began = time.monotonic()
     deadline = began + BUDGET
     with server_processes() as servers:
-        a = ServerProcess("a", cluster_db.url, tmp_path)
-        b = ServerProcess("b", cluster_db.url, tmp_path)
-        servers += [a, b]
-        await asyncio.gather(a.ready(), b.ready())
+        a, b = await asyncio.gather(
+            servers.start("a", cluster_db.url, tmp_path), servers.start("b", cluster_db.url, tmp_path)
+        )
         tag = f"drain-{int(began)}"
         users = [f"sender{i}-{tag}" for i in range(SENDERS)]
         watcher = f"watcher-{tag}"

@@ -409,14 +409,8 @@ async def test_token_whose_subject_cannot_be_stored_is_401(
 
 @pytest.fixture
 def jwks() -> Iterator[JwksServer]:
-    server = JwksServer()
-    server.thread.start()
-    try:
+    with JwksServer() as server:
         yield server
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
-        server.thread.join(5)
 
 
 async def test_jwks_rotation_retires_the_old_key_and_refused_tokens_store_nothing(

@@ -19,7 +19,6 @@ from tests.reliability.faults import (
     Follower,
     Route,
     Sender,
-    ServerProcess,
     bearer,
     check_database,
     check_stream,
@@ -102,15 +101,13 @@ async def test_slow_consumers_are_cut_and_memory_stays_bounded(
     began = time.monotonic()
     deadline = began + BUDGET
     with server_processes() as servers:
-        server = ServerProcess(
+        server = await servers.start(
             "serve",
             cluster_db.url,
             tmp_path,
             CHAT_API_STREAM_BUFFER_EVENTS=str(BUFFER_EVENTS),
             CHAT_API_STREAM_HEARTBEAT_SECONDS="15",  # stalled streams see nothing but the burst
         )
-        servers.append(server)
-        await server.ready()
         tag = f"slow-{int(began)}"
         users = [f"sender{i}-{tag}" for i in range(SENDERS)]
         slow_users = [f"slow{i}-{tag}" for i in range(SLOW_STREAMS)]
