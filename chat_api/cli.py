@@ -68,13 +68,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from chat_api.core.migrations import migrate
+    from chat_api.core.migrations import MigrationError, migrate
 
     settings = load_settings()
     settings.require_database()
     configure_logging(settings)
-    asyncio.run(migrate(settings))
-    log.info("database schema is at the head revision")
+    try:
+        asyncio.run(migrate(settings, args.to))
+    except MigrationError as exc:
+        print(f"chat-api: migrate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -123,9 +126,15 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="serve HTTP (production; needs DATABASE_URL)").set_defaults(
         run=cmd_serve
     )
-    commands.add_parser(
+    migrate = commands.add_parser(
         "migrate", help="upgrade the database schema to head (safe to run twice at once)"
-    ).set_defaults(run=cmd_migrate)
+    )
+    migrate.add_argument(
+        "--to",
+        metavar="REV",
+        help="move to this revision instead: a downgrade when it is below the current one (or `base`)",
+    )
+    migrate.set_defaults(run=cmd_migrate)
     commands.add_parser(
         "prune", help="delete events older than CHAT_API_EVENT_RETENTION_SECONDS from the event log"
     ).set_defaults(run=cmd_prune)

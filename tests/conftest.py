@@ -24,11 +24,23 @@ from chat_api.core.migrations import migrate
 from tests.pg import admin_database_url
 
 TEST_SECRET = "test-secret-" + "x" * 32
+# The servers of the tests log in as a runtime role without DDL rights, as in the overlays (a hyphen
+# in the name, like theirs, so quoting is exercised). Roles belong to the whole PostgreSQL server:
+# one per test session, dropped at its end.
+RUNTIME_ROLE = f"chat-runtime-test-{uuid.uuid4().hex[:8]}"
+RUNTIME_PASSWORD = "runtime-" + uuid.uuid4().hex  # trust auth ignores it; testcontainers needs one
 
 
 def with_database(url: str, name: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    login = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{login}@{host}"))
 
 
 @pytest.fixture(scope="session")
@@ -38,18 +50,37 @@ def admin_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def database_url(admin_url: str) -> AsyncIterator[str]:
-    """A fresh database for this session, migrated with the real Alembic migrations."""
+async def runtime_role(admin_url: str) -> AsyncIterator[str]:
+    """A login role for the servers of this session; `chat-api migrate` grants it what it needs."""
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f"CREATE ROLE \"{RUNTIME_ROLE}\" LOGIN PASSWORD '{RUNTIME_PASSWORD}'")
+    try:
+        yield RUNTIME_ROLE
+    finally:
+        await admin.execute(f'DROP ROLE IF EXISTS "{RUNTIME_ROLE}"')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(admin_url: str, runtime_role: str) -> AsyncIterator[str]:
+    """A fresh database for this session, migrated with the real Alembic migrations (as the owner,
+    granting the runtime role as the migration Job does)."""
     name = f"chat_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = with_database(admin_url, name)
     try:
-        await migrate(make_settings(url))
+        await migrate(make_settings(url, db_runtime_role=runtime_role))
         yield url
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+def runtime_url(database_url: str, runtime_role: str) -> str:
+    """The session's database as the runtime role: what the servers of the tests connect as."""
+    return with_user(database_url, runtime_role, RUNTIME_PASSWORD)
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -69,8 +100,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
-    return make_settings(database_url)
+def settings(runtime_url: str) -> Settings:
+    return make_settings(runtime_url)
 
 
 def free_port() -> int:
@@ -122,12 +153,13 @@ ServerFactory = Callable[..., Awaitable[RunningServer]]
 
 
 @pytest.fixture
-async def start_server(database_url: str) -> AsyncIterator[ServerFactory]:
-    """Starts servers with extra settings; all are stopped after the test."""
+async def start_server(runtime_url: str) -> AsyncIterator[ServerFactory]:
+    """Starts servers (as the runtime role unless told otherwise) with extra settings; all are
+    stopped after the test."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> RunningServer:
-            url = overrides.pop("database_url", database_url)
+            url = overrides.pop("database_url", runtime_url)
             return await stack.enter_async_context(serve(make_settings(url, **overrides)))
 
         yield start

@@ -1,14 +1,26 @@
-"""Probes: /healthz needs nothing; /readyz needs the database at the migration head, and not draining."""
+"""Probes: /healthz needs nothing; /readyz needs the database at this release's revision or ahead of it
+(a later release migrated it), and not draining."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 
-from tests.conftest import RunningServer, ServerFactory, assert_problem, free_port, with_database
+from chat_api.core.db import SCHEMA_REVISION
+from chat_api.core.migrations import migrate
+from tests.conftest import (
+    RunningServer,
+    ServerFactory,
+    assert_problem,
+    free_port,
+    make_settings,
+    with_database,
+)
 
 
 async def test_healthz_and_readyz_ok(server: RunningServer) -> None:
@@ -17,42 +29,67 @@ async def test_healthz_and_readyz_ok(server: RunningServer) -> None:
         assert (await client.get("/readyz")).json() == {"status": "ready"}
 
 
-async def test_readyz_503_when_schema_is_missing(admin_url: str, start_server: ServerFactory) -> None:
-    name = f"chat_unmigrated_{uuid.uuid4().hex[:8]}"
+@contextlib.asynccontextmanager
+async def scratch_database(admin_url: str) -> AsyncIterator[str]:
+    """An empty database of its own, dropped afterwards."""
+    name = f"chat_ready_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        running = await start_server(database_url=with_database(admin_url, name))
+        yield with_database(admin_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def readyz(running: RunningServer) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=running.url) as client:
+        return await client.get("/readyz")
+
+
+async def test_readyz_503_when_schema_is_missing(admin_url: str, start_server: ServerFactory) -> None:
+    async with scratch_database(admin_url) as url:
+        running = await start_server(database_url=url)
+        problem = assert_problem(await readyz(running), 503)
+        assert "chat-api migrate" in problem["detail"]
         async with httpx.AsyncClient(base_url=running.url) as client:
-            problem = assert_problem(await client.get("/readyz"), 503)
-            assert "chat-api migrate" in problem["detail"]
             assert (await client.get("/healthz")).status_code == 200
         await running.stop()
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
-async def test_readyz_503_when_schema_is_behind(
-    admin_url: str, database_url: str, start_server: ServerFactory
+async def test_readyz_503_when_schema_is_behind_and_after_a_downgrade(
+    admin_url: str, start_server: ServerFactory
 ) -> None:
-    name = f"chat_behind_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        db = await asyncpg.connect(with_database(admin_url, name))
-        await db.execute(
-            "CREATE TABLE alembic_version (version_num text); INSERT INTO alembic_version VALUES ('0000')"
-        )
-        await db.close()
-        running = await start_server(database_url=with_database(admin_url, name))
-        async with httpx.AsyncClient(base_url=running.url) as client:
-            problem = assert_problem(await client.get("/readyz"), 503)
-            assert "0000" in problem["detail"]
+    async with scratch_database(admin_url) as url:
+        await migrate(make_settings(url), "0003")
+        running = await start_server(database_url=url)
+        problem = assert_problem(await readyz(running), 503)
+        assert "0003" in problem["detail"] and SCHEMA_REVISION in problem["detail"], problem
+        await migrate(make_settings(url))
+        assert (await readyz(running)).status_code == 200
+        # Downgraded below this release's revision: no longer ready.
+        await migrate(make_settings(url), "0003")
+        problem = assert_problem(await readyz(running), 503)
+        assert "0003" in problem["detail"], problem
         await running.stop()
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+
+
+async def test_readyz_200_when_schema_is_ahead(admin_url: str, start_server: ServerFactory) -> None:
+    """A later release's migration recorded itself on top of this release's head (what its wave-4
+    Job does while this release still serves): still ready. tests/test_upgrade.py does it for real."""
+    async with scratch_database(admin_url) as url:
+        await migrate(make_settings(url))
+        db = await asyncpg.connect(url)
+        try:
+            await db.execute(
+                "INSERT INTO chat_schema_revisions (revision) VALUES ('9001');"
+                "UPDATE alembic_version SET version_num = '9001'"
+            )
+        finally:
+            await db.close()
+        running = await start_server(database_url=url)
+        assert (await readyz(running)).json() == {"status": "ready"}
+        await running.stop()
 
 
 async def test_readyz_503_when_database_is_unreachable(start_server: ServerFactory) -> None:

@@ -26,9 +26,15 @@ import chat_api.events.models
 import chat_api.messages.models
 import chat_api.rooms.models  # noqa: F401 - registers the tables on Base.metadata
 from chat_api.core.db import SCHEMA_REVISION, Base, new_engine
-from chat_api.core.migrations import MIGRATION_LOCK_KEY, alembic_config, head_revision, migrate
+from chat_api.core.migrations import (
+    MIGRATION_LOCK_KEY,
+    alembic_config,
+    head_revision,
+    include_name,
+    migrate,
+)
 from chat_api.messages.schemas import Message
-from tests.conftest import make_settings, with_database
+from tests.conftest import make_settings, with_database, with_user
 
 TABLES = {"rooms", "members", "messages", "events", "event_log_state"}
 COMMAND_TIMEOUT = 60
@@ -133,7 +139,9 @@ async def test_two_migrates_at_once_one_upgrades_the_other_waits(fresh_url: str,
 
 
 def schema_diff(connection: Connection, *, server_defaults: bool = False) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_server_default": server_defaults})
+    context = MigrationContext.configure(
+        connection, opts={"compare_server_default": server_defaults, "include_name": include_name}
+    )
     with warnings.catch_warnings():
         # SQLAlchemy reflects xid8 as NullType, so Alembic skips those two columns' types;
         # test_models_match_the_migrations checks them itself.
@@ -265,3 +273,150 @@ async def test_0004_writes_the_doc_of_messages_stored_before_it(fresh_url: str) 
     assert doc["deleted"] is False and doc["reply_to"] is None and set(doc) == set(Message.model_fields)
     assert orjson.loads(seen["sent_at_head"])["body"] == "at head"
     assert orjson.loads(seen["sent_at_0003"])["body"] == "at 0003"
+
+
+def run_migrate(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`chat-api migrate ARGS` as the migration Job runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "chat_api", "migrate", *args],
+        env={**cli_env(url), **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # the log and the error line, in order
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+
+
+async def applied(url: str) -> tuple[str, list[str]]:
+    """The database's revision and the revisions recorded as applied."""
+    db = await asyncpg.connect(url)
+    try:
+        at = await db.fetchval("SELECT version_num FROM alembic_version")
+        recorded = [r[0] for r in await db.fetch("SELECT revision FROM chat_schema_revisions ORDER BY 1")]
+    finally:
+        await db.close()
+    return at, recorded
+
+
+def lineage(revision: str) -> list[str]:
+    config = alembic_config()
+    from alembic.script import ScriptDirectory
+
+    return sorted(r.revision for r in ScriptDirectory.from_config(config).iterate_revisions(revision, "base"))
+
+
+async def test_migrate_records_every_revision_it_applies(fresh_url: str) -> None:
+    await migrate(make_settings(fresh_url))
+    head = head_revision()
+    assert head is not None
+    assert await applied(fresh_url) == (head, lineage(head))
+
+
+async def test_a_database_migrated_before_the_record_existed_gets_its_revisions_recorded(
+    fresh_url: str,
+) -> None:
+    # What the previous release left: the schema at its head, no record.
+    await migrate(make_settings(fresh_url))
+    db = await asyncpg.connect(fresh_url)
+    await db.execute("DROP TABLE chat_schema_revisions")
+    await db.close()
+    done = run_migrate(fresh_url)
+    assert done.returncode == 0, done.stdout
+    head = head_revision()
+    assert head is not None
+    assert await applied(fresh_url) == (head, lineage(head))
+
+
+async def test_migrate_to_downgrades_the_newest_migration_and_back(fresh_url: str) -> None:
+    head = head_revision()
+    assert head is not None
+    previous = lineage(head)[-2]
+    assert run_migrate(fresh_url).returncode == 0
+    down = run_migrate(fresh_url, "--to", previous)
+    assert down.returncode == 0, down.stdout
+    assert f"Running downgrade {head} -> {previous}" in down.stdout, down.stdout
+    assert f"database schema is at revision {previous}" in down.stdout
+    assert await applied(fresh_url) == (previous, lineage(previous))
+    up = run_migrate(fresh_url)
+    assert up.returncode == 0, up.stdout
+    assert f"Running upgrade {previous} -> {head}" in up.stdout, up.stdout
+    assert await applied(fresh_url) == (head, lineage(head))
+    unknown = run_migrate(fresh_url, "--to", "nope")
+    assert unknown.returncode == 1 and unknown.stdout.strip().endswith(
+        "chat-api: migrate: --to nope: no such revision in this release"
+    ), unknown.stdout
+
+
+async def test_migrate_leaves_a_database_ahead_of_its_release_alone(fresh_url: str) -> None:
+    """A rollback to an older image: its wave-4 Job finds the schema of a later release. When that
+    schema was reached through this release's head, there is nothing to do (exit 0), so the sync goes
+    on to roll the Deployment back; a revision it cannot place is an error."""
+    assert run_migrate(fresh_url).returncode == 0
+    db = await asyncpg.connect(fresh_url)
+    try:
+        await db.execute(
+            "INSERT INTO chat_schema_revisions (revision) VALUES ('9001');"
+            "UPDATE alembic_version SET version_num = '9001'"
+        )
+        done = run_migrate(fresh_url)
+        assert done.returncode == 0, done.stdout
+        assert f"is ahead of this release's head {head_revision()}" in done.stdout, done.stdout
+        assert await db.fetchval("SELECT version_num FROM alembic_version") == "9001"
+        # A revision whose history does not include this release's head: refused, loudly.
+        await db.execute(f"DELETE FROM chat_schema_revisions WHERE revision = '{head_revision()}'")
+        refused = run_migrate(fresh_url)
+        assert refused.returncode == 1, refused.stdout
+        assert "the database is at revision 9001, which this release does not know" in refused.stdout
+    finally:
+        await db.close()
+
+
+async def test_the_runtime_role_reads_and_writes_rows_but_changes_no_schema(
+    fresh_url: str, admin_url: str
+) -> None:
+    """What `chat-api migrate` grants CHAT_API_DB_RUNTIME_ROLE (the server's login in the overlays)."""
+    role = f"chat-rt-{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'rt'")
+    try:
+        done = run_migrate(fresh_url, CHAT_API_DB_RUNTIME_ROLE=role)
+        assert done.returncode == 0, done.stdout
+        runtime = await asyncpg.connect(with_user(fresh_url, role, "rt"))
+        try:
+            room = uuid.uuid4()
+            await runtime.execute("INSERT INTO rooms (id, name, created_by) VALUES ($1, 'r', 'ann')", room)
+            await runtime.execute(
+                "INSERT INTO members (room_id, user_id, role) VALUES ($1, 'ann', 'owner')", room
+            )
+            sent = await runtime.fetchval("SELECT chat_send($1, 7, 'ann', 'hi', NULL, NULL, NULL)", room)
+            assert orjson.loads(sent)["body"] == "hi"
+            assert await runtime.fetchval("SELECT count(*) FROM events WHERE room_id = $1", room) == 1
+            await runtime.execute("DELETE FROM events WHERE room_id = $1", room)
+            assert await runtime.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+            assert await runtime.fetchval("SELECT count(*) FROM chat_schema_revisions") > 0
+            for statement in (
+                "CREATE TABLE intruder (id int)",
+                "CREATE SCHEMA intruder",
+                "ALTER TABLE messages ADD COLUMN intruder text",
+                "DROP TABLE events",
+                "CREATE INDEX intruder ON messages (body)",
+                "TRUNCATE messages",
+                "UPDATE alembic_version SET version_num = '0001'",
+                "DELETE FROM chat_schema_revisions",
+                "CREATE OR REPLACE FUNCTION chat_send() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            ):
+                with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                    await runtime.execute(statement)
+        finally:
+            await runtime.close()
+        missing = run_migrate(fresh_url, CHAT_API_DB_RUNTIME_ROLE="no-such-role")
+        assert missing.returncode == 1
+        assert "CHAT_API_DB_RUNTIME_ROLE: role 'no-such-role' does not exist" in missing.stdout
+    finally:
+        db = await asyncpg.connect(fresh_url)
+        await db.execute(f'DROP OWNED BY "{role}"')  # its grants (roles belong to the whole server)
+        await db.close()
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # A direct (session) connection for LISTEN; needed when DATABASE_URL goes through PgBouncer in
     # transaction mode. Defaults to the database URL itself.
     db_listen_url: SecretStr | None = Field(None, validation_alias=env("CHAT_API_DB_LISTEN_URL"))
+    # `chat-api migrate` grants this role (the server's own login, without DDL rights) what the
+    # server needs on every table; unset, it grants nothing.
+    db_runtime_role: str | None = Field(
+        None, min_length=1, max_length=63, validation_alias=env("CHAT_API_DB_RUNTIME_ROLE")
+    )
 
     # Sends per second per user in each process (a token bucket; 0 turns the limit off).
     send_rate_per_second: float = Field(20.0, ge=0, validation_alias=env("CHAT_API_SEND_RATE_PER_SECOND"))
