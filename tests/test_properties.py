@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.parse
 
 import asyncpg.connect_utils
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,14 +14,26 @@ from chat_api.core.dburl import DatabaseUrlError, parse_database_url
 from chat_api.events.cursor import Cursor, MalformedCursor
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
+# Positions the service hands out: PostgreSQL bigints (event ids) and transaction ids below 2^63.
+POSITION = st.integers(min_value=0, max_value=2**63 - 1)
 
 
-@given(U64, U64)
+@given(POSITION, POSITION)
 def test_cursor_round_trips(xid: int, id_: int) -> None:
     cursor = Cursor(xid, id_)
     text = cursor.encode()
     assert Cursor.decode(text) == cursor
     assert text.isascii() and "\n" not in text and len(text) <= 64
+
+
+@given(U64, U64)
+def test_cursors_beyond_any_position_are_refused(xid: int, id_: int) -> None:
+    text = Cursor(xid, id_).encode()
+    if xid < 2**63 and id_ < 2**63:
+        assert Cursor.decode(text) == (xid, id_)
+    else:
+        with pytest.raises(MalformedCursor):
+            Cursor.decode(text)
 
 
 @given(U64, U64, U64, U64)

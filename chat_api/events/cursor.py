@@ -9,6 +9,9 @@ from typing import NamedTuple
 
 VERSION = "v1."
 _PACK = struct.Struct(">QQ")
+# Positions are PostgreSQL bigints (the event id) and 64-bit transaction ids that a cluster will not
+# reach in centuries: anything at or above 2^63 was never handed out, and would fail in the query.
+_LIMIT = 2**63
 
 
 class MalformedCursor(ValueError):
@@ -35,6 +38,8 @@ class Cursor(NamedTuple):
         if len(packed) != _PACK.size:
             raise MalformedCursor("not a stream cursor")
         xid, id_ = _PACK.unpack(packed)
+        if xid >= _LIMIT or id_ >= _LIMIT:
+            raise MalformedCursor("not a stream cursor")
         cursor = cls(xid, id_)
         if cursor.encode() != raw:  # one text per position: no aliases through unused bits
             raise MalformedCursor("not a stream cursor")

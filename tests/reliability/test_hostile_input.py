@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import unicodedata
 import uuid
@@ -33,6 +34,7 @@ import httpx
 import pytest
 
 import chat_api.auth.tokens
+from chat_api.events.cursor import Cursor
 from tests.conftest import RunningServer, ServerFactory, User, UserFactory, assert_problem
 from tests.sse import open_stream
 from tests.test_auth import JwksServer, claims, hs256, rsa_jwk, rsa_key, signed, unsigned
@@ -279,6 +281,27 @@ async def test_giant_and_negative_numbers_are_422_and_store_nothing(
         m["user_id"]: m["last_read_seq"] for m in (await bob.http.get(f"/v1/rooms/{rid}")).json()["members"]
     }
     assert marks[bob.name] == before["last_seq"] and seq <= before["last_seq"]
+
+
+async def test_stream_cursors_out_of_range_are_400_without_log_noise(
+    server: RunningServer, alice: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Security review finding 7: a cursor whose id is at or above 2^63 (`v1.AAAAAAAB9V___________w`)
+    started a 200 and then aborted on the database's bigint with two tracebacks."""
+    await alice.create_room()
+    top = 2**63
+    for xid, id_ in ((1, top), (1, 2**64 - 1), (top, 1), (2**64 - 1, 0)):
+        cursor = Cursor(xid, id_).encode()
+        for where in ("query", "header"):
+            params = {"cursor": cursor} if where == "query" else {}
+            headers = {"Last-Event-ID": cursor} if where == "header" else {}
+            r = await alice.http.get("/v1/events", params=params, headers=headers)
+            problem = assert_problem(r, 400)
+            assert problem["type"].endswith("/malformed-cursor"), problem
+    assert (
+        await alice.http.get("/v1/events", params={"cursor": "v1.AAAAAAAB9V___________w"})
+    ).status_code == 400
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 # --- text that must survive ------------------------------------------------------------------------
