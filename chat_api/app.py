@@ -17,6 +17,7 @@ from chat_api.core.bodylimit import BodySizeLimit
 from chat_api.core.config import Settings
 from chat_api.core.db import new_engine
 from chat_api.core.errors import install_problem_handlers, serve_problems_in_openapi
+from chat_api.core.nostore import NoStore
 from chat_api.core.telemetry import Metrics, Telemetry
 from chat_api.events.hub import Hub
 from chat_api.events.pruner import prune_periodically
@@ -103,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_problem_handlers(app)
     serve_problems_in_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(NoStore)
     app.add_middleware(AccessLog)
     app.include_router(health_router)
     app.include_router(rooms_router)

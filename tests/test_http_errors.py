@@ -80,3 +80,30 @@ async def test_openapi_and_docs_are_served(server: RunningServer) -> None:
         spec = (await client.get("/openapi.json")).json()
         assert {"/v1/rooms", "/v1/rooms/{room_id}/messages", "/v1/events", "/readyz"} <= set(spec["paths"])
         assert (await client.get("/docs")).status_code == 200
+
+
+async def test_answers_under_v1_are_never_stored_by_caches(
+    alice: User, bob: User, server: RunningServer
+) -> None:
+    """Security review finding 10: authenticated JSON had no Cache-Control, so a shared or browser
+    cache could keep one user's rooms and messages."""
+    room = await alice.create_room(members=[bob])
+    sent = await alice.send(room["id"], "private")
+    answers = [
+        sent,
+        await alice.http.get("/v1/rooms"),
+        await alice.http.get(f"/v1/rooms/{room['id']}"),
+        await bob.http.get(f"/v1/rooms/{room['id']}/messages"),
+        await alice.http.get(f"/v1/rooms/{room['id']}/messages/{sent.json()['seq']}"),
+        await alice.http.get("/v1/rooms/not-a-room"),  # errors too
+    ]
+    async with httpx.AsyncClient(base_url=server.url) as anonymous:
+        answers.append(await anonymous.get("/v1/rooms"))
+        async with anonymous.stream(
+            "GET", "/v1/events", headers={"Authorization": f"Bearer {alice.token}"}
+        ) as s:
+            answers.append(s)
+        health = await anonymous.get("/healthz")
+    for answer in answers:
+        assert answer.headers.get_list("cache-control") == ["no-store"], (answer.request.url, answer.headers)
+    assert "cache-control" not in health.headers

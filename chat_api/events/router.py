@@ -27,7 +27,7 @@ log = logging.getLogger("chat_api.events")
 
 REPLAY_BATCH = 500
 RETRY_ADVICE_MS = 2000
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STREAM_HEADERS = {"X-Accel-Buffering": "no"}  # Cache-Control: no-store comes with every /v1 answer
 _IS_MEMBER = "SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2"
 
 STREAM_DOC = """Server-sent events for every change you may see, in log order (per room in increasing
