@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 import chat_api
 from chat_api.auth.tokens import TokenVerifier
@@ -35,6 +36,9 @@ MAX_BODY_BYTES = 64 * 1024
 UNTRACED_PATHS = frozenset(
     {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 )
+# Swagger UI's and ReDoc's scripts and styles, served from the fastapi-offline wheel on our own origin
+# (FastAPI's default pages load them from a CDN, without integrity, beside the web client).
+DOCS_ASSETS = "/docs/assets"
 
 
 @asynccontextmanager
@@ -70,13 +74,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _not_traced(scope: MutableMapping[str, Any]) -> bool:
-    return scope.get("path") in UNTRACED_PATHS
+    path = scope.get("path", "")
+    return path in UNTRACED_PATHS or path.startswith(DOCS_ASSETS)
+
+
+def _new_fastapi(settings: Settings, **kwargs: Any) -> FastAPI:
+    """FastAPI with the API docs when CHAT_API_DOCS is on (self-hosted assets), else without them."""
+    if settings.docs:
+        return FastAPIOffline(static_url=DOCS_ASSETS, **kwargs)
+    return FastAPI(openapi_url=None, docs_url=None, redoc_url=None, **kwargs)
 
 
 def create_app(settings: Settings) -> FastAPI:
     settings.require_database()
     telemetry = Telemetry()
-    app = FastAPI(
+    app = _new_fastapi(
+        settings,
         title="chat-api",
         version=chat_api.__version__,
         summary="Rooms, messages and a lossless event stream over HTTP.",

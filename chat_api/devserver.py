@@ -71,13 +71,14 @@ async def _ensure_database(admin_uri: str, name: str) -> None:
 
 
 def create_dev_app(settings: Settings) -> FastAPI:
-    """The app of `chat-api dev`: create_app with the web client on, plus `POST /dev/token`."""
+    """The app of `chat-api dev`: create_app with the web client and the API docs on, plus
+    `POST /dev/token`."""
     from chat_api.app import create_app
     from chat_api.web.dev import router as dev_router
 
     if settings.jwt_secret is None:
         raise ConfigError("CHAT_API_JWT_SECRET is not set (POST /dev/token signs with it)")
-    app = create_app(settings.model_copy(update={"web_client": True}))
+    app = create_app(settings.model_copy(update={"web_client": True, "docs": True}))
     app.include_router(dev_router)
     return app
 

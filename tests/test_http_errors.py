@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import httpx
 import pytest
 
 from chat_api.app import create_app
 from chat_api.core.config import Settings
-from tests.conftest import RunningServer, User, assert_problem, serve
+from tests.conftest import RunningServer, ServerFactory, User, assert_problem, serve
 
 
 async def test_unknown_route_is_a_404_problem(server: RunningServer) -> None:
@@ -75,11 +76,33 @@ async def test_validation_problem_lists_errors_without_values(alice: User) -> No
     assert secret_value not in r.text
 
 
-async def test_openapi_and_docs_are_served(server: RunningServer) -> None:
+DOC_PATHS = ("/openapi.json", "/docs", "/redoc")
+
+
+async def test_serve_hides_the_api_docs_by_default(server: RunningServer) -> None:
+    """Security review finding 8: /docs, /redoc and /openapi.json were public in `serve`."""
     async with httpx.AsyncClient(base_url=server.url) as client:
+        for path in DOC_PATHS:
+            assert_problem(await client.get(path), 404)
+
+
+async def test_api_docs_when_asked_for_load_no_third_party_script(start_server: ServerFactory) -> None:
+    """With CHAT_API_DOCS=true the pages are served, and every script, style and icon they load comes
+    from this origin (FastAPI's default pages load them from a CDN, without integrity)."""
+    running = await start_server(docs=True)
+    async with httpx.AsyncClient(base_url=running.url) as client:
         spec = (await client.get("/openapi.json")).json()
         assert {"/v1/rooms", "/v1/rooms/{room_id}/messages", "/v1/events", "/readyz"} <= set(spec["paths"])
-        assert (await client.get("/docs")).status_code == 200
+        for page in ("/docs", "/redoc"):
+            html = (await client.get(page)).text
+            sources = re.findall(r"""(?:src|href)\s*[=:]\s*['"]([^'"]+)['"]""", html)
+            assert sources, html
+            for source in sources:
+                assert source.startswith("/"), (page, source)  # same origin, no scheme or host
+                if not source.startswith("/openapi.json"):
+                    asset = await client.get(source)
+                    assert asset.status_code == 200 and asset.content, (page, source)
+            assert "://" not in html, html  # no absolute URL at all
 
 
 async def test_answers_under_v1_are_never_stored_by_caches(

@@ -172,7 +172,7 @@ async def test_probes_and_docs_make_no_spans(
     otel_env: Configure, receiver: GrpcReceiver, start_server: ServerFactory, make_user: UserFactory
 ) -> None:
     otel_env(receiver.endpoint)
-    running = await start_server()
+    running = await start_server(docs=True)
     alice = make_user("alice", running.url)
     await alice.http.get("/v1/rooms")  # the pool's first connection is made (and traced) here
     await receiver.wait_until(lambda: server_spans(receiver, "GET /v1/rooms"))

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     )
     log_format: Literal["json", "console"] = Field("json", validation_alias=env("CHAT_API_LOG_FORMAT"))
 
+    # /docs, /redoc and /openapi.json; `chat-api dev` turns them on, `serve` hides them by default.
+    docs: bool = Field(False, validation_alias=env("CHAT_API_DOCS"))
+
     # The browser client at / (chat_api/web); `chat-api dev` turns it on.
     web_client: bool = Field(False, validation_alias=env("CHAT_API_WEB_CLIENT"))
 

@@ -190,7 +190,7 @@ def _exercise(
 
 @pytest.fixture(scope="module")
 async def fuzz_report(database_url: str) -> AsyncIterator[Report]:
-    async with serve(make_settings(database_url)) as app:
+    async with serve(make_settings(database_url, docs=True)) as app:
         owner = User(f"fuzz-{uuid.uuid4().hex[:8]}", app.url)
         try:
             created = await owner.http.post("/v1/rooms", json={"name": "fuzzed", "members": ["fuzz-peer"]})
