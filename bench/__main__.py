@@ -272,6 +272,7 @@ def start_server(database_url: str, log: Path, src: Path | None = None) -> Serve
         # One benchmark user sends thousands of messages a second: the per-user limit would
         # measure itself, not the send path.
         CHAT_API_SEND_RATE_PER_SECOND="0",
+        CHAT_API_RATE_LIMITS="false",
     )
     started = time.perf_counter()
     process = subprocess.Popen(

@@ -19,12 +19,12 @@ from chat_api.core.config import Settings
 from chat_api.core.db import new_engine
 from chat_api.core.errors import install_problem_handlers, serve_problems_in_openapi
 from chat_api.core.nostore import NoStore
+from chat_api.core.ratelimit import RateLimits
 from chat_api.core.telemetry import Metrics, Telemetry
 from chat_api.events.hub import Hub
 from chat_api.events.pruner import prune_periodically
 from chat_api.events.router import router as events_router
 from chat_api.health.router import router as health_router
-from chat_api.messages.ratelimit import SendRateLimiter
 from chat_api.messages.router import router as messages_router
 from chat_api.rooms.router import router as rooms_router
 
@@ -110,7 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.telemetry = telemetry
-    app.state.send_limiter = SendRateLimiter(settings.send_rate_per_second, settings.send_rate_burst)
+    app.state.rate_limits = RateLimits(settings)
     app.state.verifier = TokenVerifier(settings)
     # Set once shutdown begins: /readyz answers 503 and open streams end.
     app.state.draining = asyncio.Event()

@@ -93,7 +93,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "jwt_audience": None,
         "db_pool_size": 5,
         "db_pool_max_overflow": 10,
-        "send_rate_per_second": 0,  # off unless a test turns it on
+        "rate_limits": False,  # off unless a test turns them on (tests/test_rate_limits.py)
+        "send_rate_per_second": 0,
     }
     values.update(overrides)
     return load_settings(**values)

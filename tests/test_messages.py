@@ -309,7 +309,7 @@ async def test_every_query_path_works_without_prepared_statement_cache(start_ser
 
 
 async def test_sending_too_fast_is_429_with_retry_after(start_server, make_user) -> None:  # type: ignore[no-untyped-def]
-    running = await start_server(send_rate_per_second=1, send_rate_burst=3)
+    running = await start_server(rate_limits=True, send_rate_per_second=1, send_rate_burst=3)
     alice, bob = make_user("alice", running.url), make_user("bob", running.url)
     room = await alice.create_room(members=[bob])
     results = [await alice.send(room["id"], f"burst {i}") for i in range(5)]

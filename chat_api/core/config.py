@@ -52,6 +52,8 @@ class Settings(BaseSettings):
         None, min_length=1, max_length=63, validation_alias=env("CHAT_API_DB_RUNTIME_ROLE")
     )
 
+    # Per-user limits on every write and on stream opens (core/ratelimit.py); false turns them all off.
+    rate_limits: bool = Field(True, validation_alias=env("CHAT_API_RATE_LIMITS"))
     # Sends per second per user in each process (a token bucket; 0 turns the limit off).
     send_rate_per_second: float = Field(20.0, ge=0, validation_alias=env("CHAT_API_SEND_RATE_PER_SECOND"))
     send_rate_burst: int = Field(60, ge=1, validation_alias=env("CHAT_API_SEND_RATE_BURST"))

@@ -17,6 +17,7 @@ from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DbEngine, connection
 from chat_api.core.errors import DATABASE_UNAVAILABLE, Problem, not_found, problem_responses
+from chat_api.core.ratelimit import Action, RateLimitsDep
 from chat_api.core.wire import parse_room_id
 from chat_api.events.cursor import Cursor, MalformedCursor
 from chat_api.events.hub import END, Hub, ShuttingDown, Subscription, TooManyStreams
@@ -50,11 +51,13 @@ async def events(
     user: CurrentUser,
     engine: DbEngine,
     settings: AppSettings,
+    limits: RateLimitsDep,
     room_id: Annotated[str | None, Query(description="Only this room's events")] = None,
     cursor: Annotated[str | None, Query(max_length=64, description="Resume after this position")] = None,
     last_event_id: Annotated[str | None, Header(max_length=64, description="Wins over ?cursor=")] = None,
 ) -> StreamingResponse:
     """Stream your changes (SSE)."""
+    limits.check(Action.OPEN_STREAM, user)
     raw = last_event_id or cursor
     try:
         start = Cursor.decode(raw) if raw else None

@@ -10,6 +10,7 @@ from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DbEngine
 from chat_api.core.errors import Problem, problem_responses
+from chat_api.core.ratelimit import Action, RateLimitsDep
 from chat_api.core.wire import parse_room_id
 from chat_api.messages import service
 from chat_api.messages.schemas import MAX_SEQ, Message, MessageEdit, MessagePage, NewMessage, ReadMarker
@@ -46,6 +47,7 @@ async def send_message(
     user: CurrentUser,
     engine: DbEngine,
     settings: AppSettings,
+    limits: RateLimitsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -55,11 +57,7 @@ async def send_message(
 ) -> Response:
     """Send a message (body up to CHAT_API_MAX_MESSAGE_CHARS characters)."""
     _check_length(new.body, settings)
-    wait = request.app.state.send_limiter.retry_after(user)
-    if wait:
-        raise Problem(
-            429, "Too many messages; slow down.", kind="rate-limited", headers={"Retry-After": str(wait)}
-        )
+    limits.check(Action.SEND, user)
     sent = await service.send(engine, parse_room_id(room_id), user, new.body, new.reply_to, idempotency_key)
     if sent.replayed:
         return Response(sent.json, status_code=200, media_type=JSON, headers={"Idempotent-Replayed": "true"})
@@ -93,7 +91,7 @@ async def get_message(room_id: RoomIdPath, seq: Seq, user: CurrentUser, engine: 
     return Response(await service.get_one(engine, parse_room_id(room_id), user, seq), media_type=JSON)
 
 
-@router.patch("/messages/{seq}", response_model=Message, responses=problem_responses(400, 403, 409, 413))
+@router.patch("/messages/{seq}", response_model=Message, responses=problem_responses(400, 403, 409, 413, 429))
 async def edit_message(
     room_id: RoomIdPath,
     seq: Seq,
@@ -101,21 +99,29 @@ async def edit_message(
     user: CurrentUser,
     engine: DbEngine,
     settings: AppSettings,
+    limits: RateLimitsDep,
 ) -> Response:
     """Edit your own message."""
     _check_length(edit.body, settings)
+    limits.check(Action.EDIT, user)
     return Response(await service.edit(engine, parse_room_id(room_id), user, seq, edit.body), media_type=JSON)
 
 
-@router.delete("/messages/{seq}", status_code=204, responses=problem_responses(403))
-async def delete_message(room_id: RoomIdPath, seq: Seq, user: CurrentUser, engine: DbEngine) -> Response:
+@router.delete("/messages/{seq}", status_code=204, responses=problem_responses(403, 429))
+async def delete_message(
+    room_id: RoomIdPath, seq: Seq, user: CurrentUser, engine: DbEngine, limits: RateLimitsDep
+) -> Response:
     """Delete a message (its sender or the room's owner); it stays in history as a tombstone."""
+    limits.check(Action.DELETE, user)
     await service.delete(engine, parse_room_id(room_id), user, seq)
     return Response(status_code=204)
 
 
-@router.post("/read", status_code=204, responses=problem_responses(400, 413))
-async def mark_read(room_id: RoomIdPath, marker: ReadMarker, user: CurrentUser, engine: DbEngine) -> Response:
+@router.post("/read", status_code=204, responses=problem_responses(400, 413, 429))
+async def mark_read(
+    room_id: RoomIdPath, marker: ReadMarker, user: CurrentUser, engine: DbEngine, limits: RateLimitsDep
+) -> Response:
     """Move your read marker forward (never back; clamped to the room's last_seq)."""
+    limits.check(Action.MARK_READ, user)
     await service.mark_read(engine, parse_room_id(room_id), user, marker.seq)
     return Response(status_code=204)

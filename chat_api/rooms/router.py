@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.db import DbEngine
 from chat_api.core.errors import problem_responses
+from chat_api.core.ratelimit import Action, RateLimitsDep
 from chat_api.core.wire import parse_room_id
 from chat_api.rooms import service
 from chat_api.rooms.schemas import Member, NewRoom, RoomDetail, RoomPage, UserId
@@ -18,9 +19,10 @@ router = APIRouter(prefix="/v1/rooms", tags=["rooms"], responses=problem_respons
 RoomIdPath = Annotated[str, Path(description="The room's opaque id.")]
 
 
-@router.post("", status_code=201, response_model=RoomDetail, responses=problem_responses(400, 413))
-async def create_room(new: NewRoom, user: CurrentUser, engine: DbEngine) -> RoomDetail:
+@router.post("", status_code=201, response_model=RoomDetail, responses=problem_responses(400, 413, 429))
+async def create_room(new: NewRoom, user: CurrentUser, engine: DbEngine, limits: RateLimitsDep) -> RoomDetail:
     """Create a room; you become its owner and the listed users its members."""
+    limits.check(Action.CREATE_ROOM, user)
     return await service.create_room(engine, user, new.name, new.members)
 
 
@@ -47,26 +49,33 @@ async def get_room(room_id: RoomIdPath, user: CurrentUser, engine: DbEngine) -> 
     "/{room_id}/members/{user_id}",
     response_model=Member,
     status_code=201,
-    responses={200: {"model": Member, "description": "Already a member"}, **problem_responses(403, 404)},
+    responses={200: {"model": Member, "description": "Already a member"}, **problem_responses(403, 404, 429)},
 )
 async def add_member(
     room_id: RoomIdPath,
     user_id: Annotated[UserId, Path()],
     user: CurrentUser,
     engine: DbEngine,
+    limits: RateLimitsDep,
     response: Response,
 ) -> Member:
     """Add a member (owner only): 201 when added, 200 when already a member."""
+    limits.check(Action.CHANGE_MEMBERS, user)
     member, added = await service.add_member(engine, parse_room_id(room_id), user, user_id)
     if not added:
         response.status_code = 200
     return member
 
 
-@router.delete("/{room_id}/members/{user_id}", status_code=204, responses=problem_responses(403, 404))
+@router.delete("/{room_id}/members/{user_id}", status_code=204, responses=problem_responses(403, 404, 429))
 async def remove_member(
-    room_id: RoomIdPath, user_id: Annotated[UserId, Path()], user: CurrentUser, engine: DbEngine
+    room_id: RoomIdPath,
+    user_id: Annotated[UserId, Path()],
+    user: CurrentUser,
+    engine: DbEngine,
+    limits: RateLimitsDep,
 ) -> Response:
     """Remove a member (owner), or leave (yourself)."""
+    limits.check(Action.CHANGE_MEMBERS, user)
     await service.remove_member(engine, parse_room_id(room_id), user, user_id)
     return Response(status_code=204)
