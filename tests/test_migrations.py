@@ -85,18 +85,7 @@ async def fresh_url(admin_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-async def waiting_for_lock(conn: asyncpg.Connection) -> int:
-    """Sessions of this database queued on the migration lock (a bigint key: classid/objid halves)."""
-    return int(
-        await conn.fetchval(
-            """SELECT count(*) FROM pg_locks
-               WHERE locktype = 'advisory' AND NOT granted AND database = (
-                   SELECT oid FROM pg_database WHERE datname = current_database())
-                 AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1""",
-            MIGRATION_LOCK_KEY >> 32,
-            MIGRATION_LOCK_KEY & 0xFFFFFFFF,
-        )
-    )
+WAITING = "waiting for another chat-api migrate to finish"
 
 
 async def test_two_migrates_at_once_one_upgrades_the_other_waits(fresh_url: str, tmp_path: Path) -> None:
@@ -109,10 +98,12 @@ async def test_two_migrates_at_once_one_upgrades_the_other_waits(fresh_url: str,
         outs = [tmp_path / "migrate-a.log", tmp_path / "migrate-b.log"]
         procs = list(await asyncio.gather(*(start_migrate(env, out) for out in outs)))
         deadline = time.monotonic() + 30
-        while await waiting_for_lock(holder) < 2:
+        while not all(WAITING in out.read_text() for out in outs):
             assert all(p.returncode is None for p in procs), [out.read_text() for out in outs]
             assert time.monotonic() < deadline, "the two migrate processes never both waited for the lock"
             await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # both keep trying while the lock is held: neither goes ahead
+        assert not any("Running upgrade" in out.read_text() for out in outs)
         await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
         codes = [await asyncio.wait_for(p.wait(), COMMAND_TIMEOUT) for p in procs]
         logs = [out.read_text() for out in outs]

@@ -10,6 +10,7 @@ the transaction of each migration, so no migration can forget it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import cache
 from pathlib import Path
@@ -32,6 +33,8 @@ log = logging.getLogger("chat_api.migrations")
 # Any constant works as long as every replica uses the same one: `chat-api migrate` runs in a Job
 # that may overlap another (a re-sync, a second replica of an init step).
 MIGRATION_LOCK_KEY = 0x63686174_61706900  # "chat" "api\0"
+LOCK_POLL_SECONDS = 0.2
+_TRY_LOCK = "SELECT pg_try_advisory_lock(:key)"
 
 SCHEMA_HISTORY_TABLE = "chat_schema_revisions"
 # Tables of the migration machinery, not of the application: no model describes them, and the
@@ -184,10 +187,25 @@ def grant_runtime_role(connection: Connection, role: str) -> None:
     connection.commit()
 
 
+async def _take_lock(connection: AsyncConnection) -> None:
+    """Takes the migration lock, trying again every LOCK_POLL_SECONDS. Not by waiting in
+    pg_advisory_lock(): a session waiting inside a statement holds a snapshot, and CREATE INDEX
+    CONCURRENTLY in the migrating session waits for every such snapshot: a deadlock."""
+    waiting = False
+    while True:
+        taken = (await connection.execute(text(_TRY_LOCK), {"key": MIGRATION_LOCK_KEY})).scalar()
+        await connection.commit()
+        if taken:
+            return
+        if not waiting:
+            log.info("waiting for another chat-api migrate to finish")
+            waiting = True
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+
+
 async def _migrate_locked(connection: AsyncConnection, target: str | None, runtime_role: str | None) -> str:
     """A second concurrent caller waits for the lock, then finds nothing to do."""
-    await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    await connection.commit()
+    await _take_lock(connection)
     try:
         done = await connection.run_sync(_run, target)
         if runtime_role is not None:

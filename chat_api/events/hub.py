@@ -67,7 +67,7 @@ class Subscription:
     is queued is dropped and the stream ends (the client resumes from the last id it received,
     so nothing is lost, and memory stays bounded)."""
 
-    __slots__ = ("_waiter", "buffer", "items", "overflowed", "room_id", "user")
+    __slots__ = ("_waiter", "buffer", "ended", "items", "overflowed", "room_id", "user")
 
     def __init__(self, user: str, room_id: uuid.UUID | None, buffer: int) -> None:
         self.user = user
@@ -75,15 +75,18 @@ class Subscription:
         self.buffer = buffer
         self.items: list[Item] = []
         self.overflowed = False
+        self.ended = False  # END was offered: whatever the stream is doing, it should stop
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: Item) -> None:
         if self.overflowed:
             return
+        if item is END:
+            self.ended = True
         if len(self.items) < self.buffer or item is END:
             self.items.append(item)
         else:
-            self.overflowed = True
+            self.overflowed = self.ended = True
             self.items = [END]
         waiter = self._waiter
         if waiter is not None and not waiter.done():

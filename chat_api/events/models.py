@@ -24,7 +24,12 @@ class Xid8(UserDefinedType[int]):
 
 class Event(Base):
     __tablename__ = "events"
-    __table_args__ = (Index(None, "xid", "id"),)
+    __table_args__ = (
+        Index(None, "xid", "id"),
+        # A replay reads the user's rooms one by one, and the events about the user (migration 0005).
+        Index(None, "room_id", "xid", "id"),
+        Index(None, "subject", "xid", "id", postgresql_where=text("subject IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     # The writing transaction's id: the log is read in (xid, id) order and only below the oldest

@@ -54,16 +54,33 @@ SELECT {HORIZON_SQL}::text AS horizon, pg_snapshot_xmax(pg_current_snapshot())::
 FROM event_log_state s
 """
 
-# $1 xid (text), $2 id, $3 user, $4 limit, $5 room (only with the room filter).
+# The next events after a position that `user` may see: those of the rooms it is a member of now,
+# each room read on its own by (room_id, xid, id), and those about the user in rooms it has left (its
+# own member.removed) by (subject, xid, id). So a replay reads the user's events, never the rest of
+# the log (migration 0005). $1 xid (text), $2 id, $3 user, $4 limit, $5 room (only with the filter).
 _REPLAY = """
-SELECT {columns} FROM events e
-WHERE (e.xid, e.id) > ($1::text::xid8, $2) AND e.xid < {horizon}
-  AND (e.room_id IN (SELECT room_id FROM members WHERE user_id = $3) OR e.subject = $3)
-  {room_filter}
+WITH mine AS (SELECT room_id FROM members WHERE user_id = $3 {member_filter})
+SELECT {columns} FROM (
+    SELECT e.* FROM mine CROSS JOIN LATERAL (
+        SELECT * FROM events e
+        WHERE e.room_id = mine.room_id AND (e.xid, e.id) > ($1::text::xid8, $2) AND e.xid < {horizon}
+        ORDER BY e.xid, e.id LIMIT $4
+    ) AS e
+    UNION ALL
+    (SELECT e.* FROM events e
+     WHERE e.subject = $3 AND (e.xid, e.id) > ($1::text::xid8, $2) AND e.xid < {horizon}
+       AND e.room_id NOT IN (SELECT room_id FROM mine) {event_filter}
+     ORDER BY e.xid, e.id LIMIT $4)
+) AS e
 ORDER BY e.xid, e.id LIMIT $4
 """
-_REPLAY_ALL = _REPLAY.format(columns=EVENT_COLUMNS, horizon=HORIZON_SQL, room_filter="")
-_REPLAY_ROOM = _REPLAY.format(columns=EVENT_COLUMNS, horizon=HORIZON_SQL, room_filter="AND e.room_id = $5")
+_REPLAY_ALL = _REPLAY.format(columns=EVENT_COLUMNS, horizon=HORIZON_SQL, member_filter="", event_filter="")
+_REPLAY_ROOM = _REPLAY.format(
+    columns=EVENT_COLUMNS,
+    horizon=HORIZON_SQL,
+    member_filter="AND room_id = $5",
+    event_filter="AND e.room_id = $5",
+)
 
 
 async def check_cursor(conn: asyncpg.Connection, cursor: Cursor) -> Cursor | None:

@@ -148,16 +148,16 @@ async def _stream(
         if reset_to is not None:
             yield reset_frame(reset_to)
         position = reset_to or start
-        while True:
+        while not subscription.ended:  # the client left (or the server is closing): stop replaying
             try:
                 async with connection(engine) as conn:
                     batch = await replay(conn, user, position, room, REPLAY_BATCH)
             except (*DATABASE_UNAVAILABLE, asyncpg.exceptions.InterfaceError):
                 log.warning("database unavailable during a stream's replay; ending it (the client resumes)")
                 return
-            for event in batch:
-                yield event.frame()
-                position = event.position
+            if batch:
+                yield b"".join(event.frame() for event in batch)
+                position = batch[-1].position
             if len(batch) < REPLAY_BATCH:
                 break
     # Live: everything the hub queued since the last wake-up goes out as one write.
