@@ -3,6 +3,7 @@ to a private PostgreSQL cluster: awkward passwords, every TLS mode that matters,
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import urllib.parse
@@ -11,18 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from asyncpg import connect_utils
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_api.auth.tokens import mint_token
 from chat_api.core.config import ConfigError, Settings
 from chat_api.core.db import new_engine
 from chat_api.core.dburl import SSL_MODES, DatabaseUrlError, parse_database_url
-from tests.conftest import make_settings
+from chat_api.core.migrations import migrate
+from tests.conftest import TEST_SECRET, make_settings, serve
 from tests.pgcluster import ThrowawayCluster, ca_pem, ssl_available
 from tests.secretvolume import SecretVolume
+from tests.sse import open_stream
 
 # What CloudNativePG may generate: every character that has a meaning in a URI.
 PASSWORD = "p@ss:w/rd%41?#x"
@@ -492,3 +497,77 @@ async def test_pgsslmode_and_pgsslrootcert_reach_the_connection(
     else:
         with pytest.raises(expected, match="certificate verify failed"):
             await scalar(settings, sql)
+
+
+async def role_backends(admin: asyncpg.Connection, role: str) -> list[asyncpg.Record]:
+    return await admin.fetch(
+        "SELECT a.pid, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = $1",
+        role,
+    )
+
+
+async def room_event_arrives(base_url: str) -> None:
+    """A new room's event reaches an open stream: only the hub's LISTEN connection delivers it."""
+    user = f"u-{os.urandom(4).hex()}"
+    token = mint_token(TEST_SECRET, user)
+    async with open_stream(base_url, token) as stream, httpx.AsyncClient(base_url=base_url) as client:
+        r = await client.post("/v1/rooms", json={"name": "r"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 201, r.text
+        await stream.wait_for(1, "room.created", timeout=15)
+
+
+async def ready(base_url: str) -> None:
+    """/readyz answers 200 within 15 s (after an outage the pool first drops its dead connections)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client, asyncio.timeout(15):
+        for _ in range(150):
+            if (await client.get("/readyz")).status_code == 200:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("/readyz did not answer 200")
+
+
+@needs_ssl
+async def test_migrate_pool_and_listen_use_the_password_file_and_pgsslmode(
+    cluster: ThrowawayCluster,
+    admin: asyncpg.Connection,
+    rotating_role: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database = f"{rotating_role}_db"
+    await admin.execute(f"CREATE DATABASE {database} OWNER {rotating_role}")
+    volume = SecretVolume(tmp_path / "role")
+    volume.write(password=OLD_PASSWORD + "\n")
+    # As on the platform: CloudNativePG's `uri` (no query string, here no usable password), a direct
+    # LISTEN URL without any password, and TLS verified through PGSSLMODE/PGSSLROOTCERT.
+    settings = make_settings(
+        cluster.url(rotating_role, "not-the-password", database, host="localhost"),
+        db_listen_url=f"postgresql://{rotating_role}@127.0.0.1:{cluster.port}/{database}",
+        db_password_file=volume.path("password"),
+        pg_sslmode="verify-full",
+        pg_sslrootcert=cluster.ca_path,
+    )
+    try:
+        await migrate(settings)
+        async with serve(settings) as server:
+            await ready(server.url)
+            await room_event_arrives(server.url)
+            backends = await role_backends(admin, rotating_role)
+            assert len(backends) >= 2 and all(b["ssl"] for b in backends), backends  # the pool and LISTEN
+
+            # Rotation: the role's password changes, the mounted file follows, then every connection
+            # breaks (a failover, say). The pool and the hub reconnect with the new password.
+            await admin.execute(f"ALTER ROLE {rotating_role} PASSWORD {sql_literal(NEW_PASSWORD)}")
+            volume.write(password=NEW_PASSWORD + "\n")
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", rotating_role
+            )
+            await ready(server.url)
+            await room_event_arrives(server.url)
+            backends = await role_backends(admin, rotating_role)
+            assert len(backends) >= 2 and all(b["ssl"] for b in backends), backends
+    finally:
+        await admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
+    for secret in (OLD_PASSWORD, NEW_PASSWORD, "not-the-password"):
+        assert secret not in caplog.text
+        assert urllib.parse.quote(secret, safe="") not in caplog.text
