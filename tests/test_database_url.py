@@ -4,6 +4,7 @@ to a private PostgreSQL cluster: awkward passwords, every TLS mode that matters,
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 import urllib.parse
@@ -571,3 +572,24 @@ async def test_migrate_pool_and_listen_use_the_password_file_and_pgsslmode(
     for secret in (OLD_PASSWORD, NEW_PASSWORD, "not-the-password"):
         assert secret not in caplog.text
         assert urllib.parse.quote(secret, safe="") not in caplog.text
+
+
+def test_password_file_that_turns_unreadable_keeps_the_last_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    volume = SecretVolume(tmp_path / "role")
+    volume.write(password="the-first-password\n")
+    settings = make_settings(CNPG, db_password_file=volume.path("password"))
+    volume.write(password="the-second-password")
+    assert settings.database_target().password == "the-second-password"  # read for every connection
+    caplog.set_level(logging.INFO, logger="chat_api.config")
+    for broken in ({}, {"password": ""}):  # the key left the secret; an empty password
+        volume.write(**broken)
+        for _ in range(3):
+            assert settings.database_target().password == "the-second-password"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "CHAT_API_DB_PASSWORD_FILE" in warnings[0], warnings
+    volume.write(password="the-third-password\n")
+    assert settings.database_target().password == "the-third-password"
+    for secret in ("the-first-password", "the-second-password", "the-third-password"):
+        assert secret not in caplog.text
