@@ -103,6 +103,7 @@ def run_dev() -> int:
         settings = load_settings(
             database_url=uri,
             database_url_file=None,
+            db_password_file=None,
             jwt_secret=secret,
             jwt_secret_file=None,  # dev signs with its own secret, as it uses its own database
             jwt_jwks_url=None,
