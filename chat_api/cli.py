@@ -105,9 +105,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     from chat_api.auth.tokens import mint_token
 
     settings = load_settings()
-    if settings.jwt_secret is None:
-        raise ConfigError("CHAT_API_JWT_SECRET is not set (tokens are signed with it)")
-    print(mint_token(settings.jwt_secret.get_secret_value(), args.sub, args.ttl))
+    secret = settings.jwt_signing_secret()
+    if secret is None:
+        raise ConfigError(
+            "CHAT_API_JWT_SECRET (or CHAT_API_JWT_SECRET_FILE) is not set (tokens are signed with it)"
+        )
+    print(mint_token(secret, args.sub, args.ttl))
     return 0
 
 
@@ -138,7 +141,10 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "prune", help="delete events older than CHAT_API_EVENT_RETENTION_SECONDS from the event log"
     ).set_defaults(run=cmd_prune)
-    token = commands.add_parser("token", help="print an HS256 bearer token signed with CHAT_API_JWT_SECRET")
+    token = commands.add_parser(
+        "token",
+        help="print an HS256 bearer token (CHAT_API_JWT_SECRET, or CHAT_API_JWT_SECRET_FILE's first key)",
+    )
     token.add_argument("sub", help="the user id (the token's subject)")
     token.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default 3600)")
     token.set_defaults(run=cmd_token)

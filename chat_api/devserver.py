@@ -76,8 +76,10 @@ def create_dev_app(settings: Settings) -> FastAPI:
     from chat_api.app import create_app
     from chat_api.web.dev import router as dev_router
 
-    if settings.jwt_secret is None:
-        raise ConfigError("CHAT_API_JWT_SECRET is not set (POST /dev/token signs with it)")
+    if settings.jwt_signing_secret() is None:
+        raise ConfigError(
+            "CHAT_API_JWT_SECRET (or CHAT_API_JWT_SECRET_FILE) is not set (POST /dev/token signs with it)"
+        )
     app = create_app(settings.model_copy(update={"web_client": True, "docs": True}))
     app.include_router(dev_router)
     return app
@@ -102,7 +104,9 @@ def run_dev() -> int:
         settings = load_settings(
             database_url=uri,
             database_url_file=None,
+            db_password_file=None,
             jwt_secret=secret,
+            jwt_secret_file=None,  # dev signs with its own secret, as it uses its own database
             jwt_jwks_url=None,
             log_format=os.environ.get("CHAT_API_LOG_FORMAT", "console"),
             web_client=True,

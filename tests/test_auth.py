@@ -3,16 +3,19 @@ rotation, algorithm confusion) and the `chat-api token` command."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import http.server
 import json
+import logging
 import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +27,10 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 import chat_api.auth.tokens
 from chat_api import cli
+from chat_api.core.config import parse_jwt_keys
+from chat_api.core.secretfile import RECHECK_SECONDS, SecretFile
 from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, assert_problem
+from tests.secretvolume import SecretVolume
 
 ROOMS = "/v1/rooms"
 ISSUER = "https://issuer.test"
@@ -392,7 +398,13 @@ async def test_jwks_document_that_is_not_an_object_is_a_401_not_a_500(
 
 
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CHAT_API_JWT_SECRET", "CHAT_API_JWT_JWKS_URL", "DATABASE_URL", "DATABASE_URL_FILE"):
+    for name in (
+        "CHAT_API_JWT_SECRET",
+        "CHAT_API_JWT_SECRET_FILE",
+        "CHAT_API_JWT_JWKS_URL",
+        "DATABASE_URL",
+        "DATABASE_URL_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -421,3 +433,111 @@ def test_token_command_without_secret_exits_2_naming_the_variable(
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert len(lines) == 1 and "CHAT_API_JWT_SECRET" in lines[0], captured.err
+
+
+# --- CHAT_API_JWT_SECRET_FILE: keys in a mounted Secret, rotated without a restart ------------------
+
+KEY_A = "key-a-" + "a" * 40
+KEY_B = "key-b-" + "b" * 40
+
+
+def after_recheck() -> float:
+    """Seconds after which a change to the file is certainly seen (the verifier looks once a second)."""
+    return RECHECK_SECONDS + 0.2
+
+
+async def test_token_signed_with_the_key_file_is_accepted(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    volume = SecretVolume(tmp_path / "jwt")
+    volume.write(keys=KEY_A + "\n")
+    app = await start_server(jwt_secret=None, jwt_secret_file=volume.path("keys"))
+    await assert_accepted(app.url, hs256(claims(), KEY_A))
+    await assert_refused(app.url, f"Bearer {hs256(claims(), TEST_SECRET)}")
+
+
+async def test_key_file_rotation_needs_no_restart(
+    start_server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    volume = SecretVolume(tmp_path / "jwt")
+    volume.write(keys=KEY_A + "\n")
+    app = await start_server(jwt_secret=None, jwt_secret_file=volume.path("keys"))
+    old = hs256(claims(), KEY_A)
+    await assert_accepted(app.url, old)
+
+    # Step 1: the new key first (it signs from now on), the old one kept for one token lifetime.
+    volume.write(keys=f"{KEY_B}\n\n{KEY_A}\n")
+    await asyncio.sleep(after_recheck())
+    new = hs256(claims(), KEY_B)
+    await assert_accepted(app.url, new)
+    await assert_accepted(app.url, old)
+    # `chat-api token` signs with the first key of the file.
+    clean_env(monkeypatch)
+    monkeypatch.setenv("CHAT_API_JWT_SECRET_FILE", str(volume.path("keys")))
+    assert cli.main(["token", "carol", "--ttl", "60"]) == 0
+    minted = capsys.readouterr().out.strip()
+    assert jwt.decode(minted, KEY_B, algorithms=["HS256"])["sub"] == "carol"
+    await assert_accepted(app.url, minted)
+    # An old-key token is still checked like any other: expired is expired.
+    now = int(time.time())
+    body = await assert_refused(app.url, f"Bearer {hs256(claims(iat=now - 7200, exp=now - 3600), KEY_A)}")
+    assert "expired" in body["detail"]
+
+    # Step 2: the old key dropped: its tokens are refused once the file has been looked at again.
+    volume.write(keys=KEY_B + "\n")
+    await asyncio.sleep(after_recheck())
+    body = await assert_refused(app.url, f"Bearer {old}")
+    assert "signature" in body["detail"]
+    await assert_accepted(app.url, new)
+
+
+async def test_key_file_that_turns_bad_keeps_the_last_good_keys(
+    start_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    volume = SecretVolume(tmp_path / "jwt")
+    volume.write(keys=f"{KEY_A}\n{KEY_B}\n")
+    app = await start_server(jwt_secret=None, jwt_secret_file=volume.path("keys"))
+    token_a, token_b = hs256(claims(), KEY_A), hs256(claims(), KEY_B)
+    short = "too-short-a-key-for-hs256"
+    caplog.set_level(logging.INFO, logger="chat_api.config")
+
+    for bad in ({"keys": f"{KEY_B}\n{short}\n"}, {"keys": "\n\n"}, {}):  # a short key, no key, no file
+        volume.write(**bad)
+        await asyncio.sleep(after_recheck())
+        await assert_accepted(app.url, token_a)
+        await assert_accepted(app.url, token_b)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once, not once per look
+    assert "CHAT_API_JWT_SECRET_FILE" in warnings[0].getMessage()
+    assert "key 2 is shorter than 32 characters" in warnings[0].getMessage()
+    for secret in (short, KEY_A, KEY_B):
+        assert secret not in caplog.text
+
+    volume.write(keys=KEY_B + "\n")  # good again: taken, and said so
+    await asyncio.sleep(after_recheck())
+    await assert_refused(app.url, f"Bearer {token_a}")
+    await assert_accepted(app.url, token_b)
+    assert any("usable again" in r.getMessage() for r in caplog.records)
+
+
+def test_key_file_is_looked_at_once_per_interval_at_most(tmp_path: Path) -> None:
+    """No database: the verifier's file is read again only after RECHECK_SECONDS, and only when it
+    changed (stat through the kubelet's symlinks)."""
+    volume = SecretVolume(tmp_path / "jwt")
+    volume.write(keys=KEY_A)
+    started = time.monotonic()
+    keys = SecretFile(volume.path("keys"), parse_jwt_keys, "CHAT_API_JWT_SECRET_FILE")
+    volume.write(keys=f"{KEY_B}\n{KEY_A}")
+    seen = keys.current()
+    if time.monotonic() - started < RECHECK_SECONDS:  # else this machine stalled for a second
+        assert seen == (KEY_A,)
+    time.sleep(after_recheck())
+    assert keys.current() == (KEY_B, KEY_A)
+    # Rewritten in place with the same length: the stamp (mtime, inode, size) still changes.
+    path = volume.path("keys").resolve()
+    path.write_text(f"{KEY_A}\n{KEY_B}")
+    time.sleep(after_recheck())
+    assert keys.current() == (KEY_A, KEY_B)

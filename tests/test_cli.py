@@ -43,7 +43,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "DATABASE_URL_FILE") and not key.startswith("CHAT_API_")
+        if key not in ("DATABASE_URL", "DATABASE_URL_FILE", "PGSSLMODE", "PGSSLROOTCERT")
+        and not key.startswith("CHAT_API_")
     }
     env.update(extra)
     return env
@@ -145,6 +146,61 @@ def test_serve_with_bad_configuration_exits_with_one_line(extra: dict[str, str],
     assert lines[0].startswith("chat-api: configuration error: "), lines
     assert variable in lines[0], lines
     for secret in (PASSWORD, ENCODED, "plain-password", TEST_SECRET):
+        assert secret not in result.stderr + result.stdout
+
+
+SHORT_KEY = "a-key-of-31-characters-exactly!"
+LONG_KEY = "a-long-enough-key-" + "k" * 32
+FILE_PASSWORD = "pa$$word-in-a-file"
+# (id, files written in a directory beside the good ones, environment over the good one, the variable
+# the message must name). The good environment: a key file and a password file that are fine.
+FILE_ERRORS = [
+    ("jwt-key-file-missing", {}, {"CHAT_API_JWT_SECRET_FILE": "nope"}, "CHAT_API_JWT_SECRET_FILE"),
+    ("jwt-key-file-empty", {"bad": "\n\n"}, {"CHAT_API_JWT_SECRET_FILE": "bad"}, "CHAT_API_JWT_SECRET_FILE"),
+    (
+        "jwt-key-file-short-second-key",
+        {"bad": f"{LONG_KEY}\n{SHORT_KEY}\n"},
+        {"CHAT_API_JWT_SECRET_FILE": "bad"},
+        "CHAT_API_JWT_SECRET_FILE",
+    ),
+    ("jwt-key-file-and-secret", {}, {"CHAT_API_JWT_SECRET": TEST_SECRET}, "CHAT_API_JWT_SECRET_FILE"),
+    (
+        "jwt-key-file-and-jwks",
+        {},
+        {"CHAT_API_JWT_JWKS_URL": "https://issuer.test/jwks"},
+        "CHAT_API_JWT_JWKS_URL",
+    ),
+    ("password-file-missing", {}, {"CHAT_API_DB_PASSWORD_FILE": "nope"}, "CHAT_API_DB_PASSWORD_FILE"),
+    ("password-file-empty", {"bad": "\n"}, {"CHAT_API_DB_PASSWORD_FILE": "bad"}, "CHAT_API_DB_PASSWORD_FILE"),
+    ("pgsslmode-unknown", {}, {"PGSSLMODE": "verify"}, "PGSSLMODE"),
+    ("pgsslrootcert-missing", {}, {"PGSSLROOTCERT": "ca.crt"}, "PGSSLROOTCERT"),
+]
+
+
+@pytest.mark.parametrize(
+    ("files", "extra", "variable"), [c[1:] for c in FILE_ERRORS], ids=[c[0] for c in FILE_ERRORS]
+)
+def test_serve_with_a_bad_secret_file_or_ssl_variable_exits_with_one_line(
+    tmp_path: Path, files: dict[str, str], extra: dict[str, str], variable: str
+) -> None:
+    (tmp_path / "keys").write_text(f"{LONG_KEY}\n")
+    (tmp_path / "password").write_text(f"{FILE_PASSWORD}\n")
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    env = {
+        "DATABASE_URL": DB,
+        "CHAT_API_JWT_SECRET_FILE": "keys",
+        "CHAT_API_DB_PASSWORD_FILE": "password",
+        **extra,
+    }
+    env = {k: str(tmp_path / v) if k.endswith(("_FILE", "ROOTCERT")) else v for k, v in env.items()}
+    result = run_cli("serve", env=clean_env(**env), timeout=15)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("chat-api: configuration error: "), lines
+    assert variable in lines[0], lines
+    for secret in (SHORT_KEY, LONG_KEY, FILE_PASSWORD, TEST_SECRET, "plain-password"):
         assert secret not in result.stderr + result.stdout
 
 

@@ -3,6 +3,8 @@ to a private PostgreSQL cluster: awkward passwords, every TLS mode that matters,
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import ssl
 import urllib.parse
@@ -11,17 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from asyncpg import connect_utils
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_api.auth.tokens import mint_token
 from chat_api.core.config import ConfigError, Settings
 from chat_api.core.db import new_engine
 from chat_api.core.dburl import SSL_MODES, DatabaseUrlError, parse_database_url
-from tests.conftest import make_settings
+from chat_api.core.migrations import migrate
+from tests.conftest import TEST_SECRET, make_settings, serve
 from tests.pgcluster import ThrowawayCluster, ca_pem, ssl_available
+from tests.secretvolume import SecretVolume
+from tests.sse import open_stream
 
 # What CloudNativePG may generate: every character that has a meaning in a URI.
 PASSWORD = "p@ss:w/rd%41?#x"
@@ -319,3 +326,270 @@ async def test_rotated_password_in_the_file_is_used_for_new_connections(
         await from_file.dispose()
         await from_env.dispose()
         await admin.execute(f"DROP ROLE {role}")
+
+
+# -- CHAT_API_DB_PASSWORD_FILE, PGSSLMODE and PGSSLROOTCERT --------------------------------------------------
+
+
+def query_of(dsn: str) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(dsn).query))
+
+
+def test_pgsslmode_and_pgsslrootcert_apply_where_the_uri_does_not_set_them(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(ca_pem())
+    uri_file = tmp_path / "uri"
+    uri_file.write_text(CNPG + "\n")
+    ssl_env = {"pg_sslmode": "verify-full", "pg_sslrootcert": ca}
+    # CloudNativePG's `uri` has no query string: both come from the variables, for every target.
+    for settings in (
+        make_settings(CNPG, **ssl_env),
+        make_settings(None, database_url_file=uri_file, **ssl_env),  # type: ignore[arg-type]
+        make_settings("postgresql://other@db.example/chat", db_listen_url=CNPG, **ssl_env),
+    ):
+        for target in (settings.database_target(), settings.listen_target()):
+            assert query_of(target.dsn) == {"sslmode": "verify-full", "sslrootcert": str(ca)}
+    _, params = asyncpg_reads(make_settings(CNPG, **ssl_env).database_target().dsn)
+    assert params.sslmode == connect_utils.SSLMode.verify_full
+    assert params.ssl.verify_mode == ssl.CERT_REQUIRED and params.ssl.check_hostname
+
+    # The URI wins for what it sets itself.
+    other = tmp_path / "other.crt"
+    other.write_bytes(ca_pem("other"))
+    settings = make_settings(f"{CNPG}?sslmode=disable", **ssl_env)
+    assert query_of(settings.database_target().dsn) == {"sslmode": "disable", "sslrootcert": str(ca)}
+    settings = make_settings(f"{CNPG}?sslrootcert={other}", **ssl_env)
+    assert query_of(settings.database_target().dsn) == {"sslmode": "verify-full", "sslrootcert": str(other)}
+    # Neither set: the URI is passed on as it is.
+    assert query_of(make_settings(CNPG).database_target().dsn) == {}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"pg_sslmode": "verify"}, "pg_sslmode: 'verify' is not one of allow, disable, prefer,"),
+        ({"pg_sslmode": "VERIFY-FULL"}, "pg_sslmode: 'VERIFY-FULL' is not one of"),
+        (
+            {"pg_sslrootcert": "/nonexistent/ca.crt"},
+            "pg_sslrootcert: file '/nonexistent/ca.crt' does not exist",
+        ),
+        (
+            {"db_password_file": "/nonexistent/password"},
+            "db_password_file: cannot read /nonexistent/password",
+        ),
+    ],
+    ids=["sslmode-unknown", "sslmode-upper-case", "sslrootcert-missing", "password-file-missing"],
+)
+def test_invalid_ssl_and_password_settings_are_config_errors(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_settings(CNPG, **overrides)
+    assert str(caught.value).startswith(message), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_password_file_overrides_the_uri_password(tmp_path: Path) -> None:
+    volume = SecretVolume(tmp_path / "role")
+    volume.write(username="chatapi", password="from-the-file\n")
+    settings = make_settings(CNPG, db_password_file=volume.path("password"))
+    target = settings.database_target()
+    assert target.connect_kwargs()["password"] == "from-the-file"  # the trailing newline is not part of it
+    assert "from-the-file" not in target.redacted and "from-the-file" not in repr(target)
+    assert target.redacted.startswith("postgresql://chatapi:***@")
+    no_password = make_settings(
+        "postgresql://chatapi@db.example/chat", db_password_file=volume.path("password")
+    )
+    assert no_password.database_target().connect_kwargs()["password"] == "from-the-file"
+    assert "from-the-file" not in no_password.database_target().redacted
+
+    volume.write(password="\n")
+    with pytest.raises(ConfigError) as caught:
+        make_settings(CNPG, db_password_file=volume.path("password"))
+    assert str(caught.value) == "db_password_file: the file is empty"
+
+
+@pytest.fixture
+async def rotating_role(admin: asyncpg.Connection) -> AsyncIterator[str]:
+    """A role of its own (so the other tests keep chatapi's password), with password OLD_PASSWORD."""
+    role = f"chatapi_{os.urandom(4).hex()}"
+    await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD {sql_literal(OLD_PASSWORD)}")
+    try:
+        yield role
+    finally:
+        await admin.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        )
+        await admin.execute(f"DROP ROLE {role}")
+
+
+OLD_PASSWORD, NEW_PASSWORD = "old:p@ss/w%rd from a file", "new:p@ss/w%rd#2 from a file"
+
+
+async def test_password_file_is_read_for_every_new_connection(
+    cluster: ThrowawayCluster, admin: asyncpg.Connection, rotating_role: str, tmp_path: Path
+) -> None:
+    volume = SecretVolume(tmp_path / "role")
+    volume.write(password=OLD_PASSWORD + "\n")
+    # The URI's password is wrong: the file's is the one that counts.
+    url = cluster.url(rotating_role, "not-the-password", "chat")
+    pool = {"db_pool_size": 1, "db_pool_max_overflow": 1}  # a second connection is always a new one
+    engine = new_engine(make_settings(url, db_password_file=volume.path("password"), **pool))
+    try:
+        async with engine.connect() as held:
+            assert (await held.execute(text("SELECT current_user"))).scalar_one() == rotating_role
+
+            await admin.execute(f"ALTER ROLE {rotating_role} PASSWORD {sql_literal(NEW_PASSWORD)}")
+            # The file still holds the old password: a new connection fails, without saying it...
+            with pytest.raises(DBAPIError, match="password authentication failed") as caught:
+                await current_user(engine)
+            for secret in (OLD_PASSWORD, NEW_PASSWORD, "not-the-password"):
+                assert secret not in str(caught.value)
+            # ...until the kubelet updates the mounted secret; then the same engine connects with the new one.
+            volume.write(password=NEW_PASSWORD + "\n")
+            assert await current_user(engine) == rotating_role
+            # The connection opened before the rotation is not affected.
+            assert (await held.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await engine.dispose()
+
+
+PG_SSL_CASES = [
+    # (id, host, URI query, PGSSLMODE, PGSSLROOTCERT, expected: ssl on the connection or an exception)
+    ("require", "127.0.0.1", {}, "require", None, True),
+    ("disable", "127.0.0.1", {}, "disable", None, False),
+    ("verify-full", "localhost", {}, "verify-full", "<ca>", True),
+    ("verify-ca", "127.0.0.1", {}, "verify-ca", "<ca>", True),
+    ("verify-full-untrusted", "localhost", {}, "verify-full", "<other>", ssl.SSLCertVerificationError),
+    ("verify-ca-untrusted", "127.0.0.1", {}, "verify-ca", "<other>", ssl.SSLCertVerificationError),
+    ("uri-sslmode-wins", "localhost", {"sslmode": "disable"}, "verify-full", "<other>", False),
+    ("uri-sslrootcert-wins", "localhost", {"sslrootcert": "<ca>"}, "verify-full", "<other>", True),
+]
+
+
+@needs_ssl
+@pytest.mark.parametrize(
+    ("host", "query", "mode", "root_cert", "expected"),
+    [c[1:] for c in PG_SSL_CASES],
+    ids=[c[0] for c in PG_SSL_CASES],
+)
+async def test_pgsslmode_and_pgsslrootcert_reach_the_connection(
+    cluster: ThrowawayCluster,
+    admin: asyncpg.Connection,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    host: str,
+    query: dict[str, str],
+    mode: str,
+    root_cert: str | None,
+    expected: bool | type[Exception],
+) -> None:
+    # Not in the environment: asyncpg would read them itself. They reach it through the service's URI.
+    for var in ("PGSSLMODE", "PGSSLROOTCERT"):
+        monkeypatch.delenv(var, raising=False)
+    other = tmp_path / "other-ca.crt"
+    other.write_bytes(ca_pem("some other CA"))
+    paths = {"<ca>": str(cluster.ca_path), "<other>": str(other)}
+    url = cluster.url(
+        "chatapi", PASSWORD, "chat", host=host, **{k: paths.get(v, v) for k, v in query.items()}
+    )
+    settings = make_settings(url, pg_sslmode=mode, pg_sslrootcert=paths.get(root_cert or ""))
+    sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    if isinstance(expected, bool):
+        assert await scalar(settings, sql) is expected
+    else:
+        with pytest.raises(expected, match="certificate verify failed"):
+            await scalar(settings, sql)
+
+
+async def role_backends(admin: asyncpg.Connection, role: str) -> list[asyncpg.Record]:
+    return await admin.fetch(
+        "SELECT a.pid, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = $1",
+        role,
+    )
+
+
+async def room_event_arrives(base_url: str) -> None:
+    """A new room's event reaches an open stream: only the hub's LISTEN connection delivers it."""
+    user = f"u-{os.urandom(4).hex()}"
+    token = mint_token(TEST_SECRET, user)
+    async with open_stream(base_url, token) as stream, httpx.AsyncClient(base_url=base_url) as client:
+        r = await client.post("/v1/rooms", json={"name": "r"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 201, r.text
+        await stream.wait_for(1, "room.created", timeout=15)
+
+
+async def ready(base_url: str) -> None:
+    """/readyz answers 200 within 15 s (after an outage the pool first drops its dead connections)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client, asyncio.timeout(15):
+        for _ in range(150):
+            if (await client.get("/readyz")).status_code == 200:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("/readyz did not answer 200")
+
+
+@needs_ssl
+async def test_migrate_pool_and_listen_use_the_password_file_and_pgsslmode(
+    cluster: ThrowawayCluster,
+    admin: asyncpg.Connection,
+    rotating_role: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database = f"{rotating_role}_db"
+    await admin.execute(f"CREATE DATABASE {database} OWNER {rotating_role}")
+    volume = SecretVolume(tmp_path / "role")
+    volume.write(password=OLD_PASSWORD + "\n")
+    # As on the platform: CloudNativePG's `uri` (no query string, here no usable password), a direct
+    # LISTEN URL without any password, and TLS verified through PGSSLMODE/PGSSLROOTCERT.
+    settings = make_settings(
+        cluster.url(rotating_role, "not-the-password", database, host="localhost"),
+        db_listen_url=f"postgresql://{rotating_role}@127.0.0.1:{cluster.port}/{database}",
+        db_password_file=volume.path("password"),
+        pg_sslmode="verify-full",
+        pg_sslrootcert=cluster.ca_path,
+    )
+    try:
+        await migrate(settings)
+        async with serve(settings) as server:
+            await ready(server.url)
+            await room_event_arrives(server.url)
+            backends = await role_backends(admin, rotating_role)
+            assert len(backends) >= 2 and all(b["ssl"] for b in backends), backends  # the pool and LISTEN
+
+            # Rotation: the role's password changes, the mounted file follows, then every connection
+            # breaks (a failover, say). The pool and the hub reconnect with the new password.
+            await admin.execute(f"ALTER ROLE {rotating_role} PASSWORD {sql_literal(NEW_PASSWORD)}")
+            volume.write(password=NEW_PASSWORD + "\n")
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", rotating_role
+            )
+            await ready(server.url)
+            await room_event_arrives(server.url)
+            backends = await role_backends(admin, rotating_role)
+            assert len(backends) >= 2 and all(b["ssl"] for b in backends), backends
+    finally:
+        await admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
+    for secret in (OLD_PASSWORD, NEW_PASSWORD, "not-the-password"):
+        assert secret not in caplog.text
+        assert urllib.parse.quote(secret, safe="") not in caplog.text
+
+
+def test_password_file_that_turns_unreadable_keeps_the_last_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    volume = SecretVolume(tmp_path / "role")
+    volume.write(password="the-first-password\n")
+    settings = make_settings(CNPG, db_password_file=volume.path("password"))
+    volume.write(password="the-second-password")
+    assert settings.database_target().password == "the-second-password"  # read for every connection
+    caplog.set_level(logging.INFO, logger="chat_api.config")
+    for broken in ({}, {"password": ""}):  # the key left the secret; an empty password
+        volume.write(**broken)
+        for _ in range(3):
+            assert settings.database_target().password == "the-second-password"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "CHAT_API_DB_PASSWORD_FILE" in warnings[0], warnings
+    volume.write(password="the-third-password\n")
+    assert settings.database_target().password == "the-third-password"
+    for secret in ("the-first-password", "the-second-password", "the-third-password"):
+        assert secret not in caplog.text

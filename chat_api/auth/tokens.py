@@ -9,7 +9,8 @@ from typing import Any
 
 import jwt
 
-from chat_api.core.config import Settings
+from chat_api.core.config import Settings, parse_jwt_keys
+from chat_api.core.secretfile import SecretFile
 from chat_api.core.wire import storable
 
 log = logging.getLogger("chat_api.auth")
@@ -71,12 +72,18 @@ class JwksCache:
 
 
 class TokenVerifier:
-    """Verifies every token on every request (tokens are never cached, keys are): the HS256 secret
-    is prepared once, JWKS keys are fetched once per kid."""
+    """Verifies every token on every request (tokens are never cached, keys are): the HS256 keys are
+    prepared once (CHAT_API_JWT_SECRET_FILE's again only when the file changes, looked at once a
+    second at most), JWKS keys are fetched once per kid."""
 
     def __init__(self, settings: Settings) -> None:
         settings.require_auth()
-        self.secret = settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret else None
+        self.secrets: tuple[bytes, ...] = ()
+        self.secret_file: SecretFile[tuple[bytes, ...]] | None = None
+        if settings.jwt_secret is not None:
+            self.secrets = (settings.jwt_secret.get_secret_value().encode(),)
+        elif settings.jwt_secret_file is not None:
+            self.secret_file = SecretFile(settings.jwt_secret_file, _encoded_keys, "CHAT_API_JWT_SECRET_FILE")
         self.jwks = JwksCache(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
         self._checks: dict[str, Any] = {
             "audience": settings.jwt_audience,
@@ -87,13 +94,12 @@ class TokenVerifier:
 
     async def subject(self, token: str) -> str:
         """The verified token's `sub`, or InvalidToken."""
-        key: Any
-        if self.jwks is None:
-            key, algorithms = self.secret, SYMMETRIC_ALGORITHMS
-        else:
-            key, algorithms = await _issuer_key(self.jwks, token), ASYMMETRIC_ALGORITHMS
         try:
-            claims = jwt.decode(token, key, algorithms=algorithms, **self._checks)
+            if self.jwks is None:
+                claims = self._hs256(token)
+            else:
+                key = await _issuer_key(self.jwks, token)
+                claims = jwt.decode(token, key, algorithms=ASYMMETRIC_ALGORITHMS, **self._checks)
         except jwt.ExpiredSignatureError:
             raise InvalidToken("token has expired") from None
         except jwt.InvalidAudienceError:
@@ -116,6 +122,25 @@ class TokenVerifier:
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS or not storable(subject):
             raise InvalidToken("token subject is not valid")
         return subject
+
+    def _hs256(self, token: str) -> dict[str, Any]:
+        """Claims of a token signed with one of the keys. The signing (first) key is tried first, so a
+        single key costs one decode as before; the others only for a token that it does not verify
+        (an old key during a rotation). The signature is checked before any claim."""
+        secrets = self.secrets if self.secret_file is None else self.secret_file.current()
+        try:
+            return jwt.decode(token, secrets[0], algorithms=SYMMETRIC_ALGORITHMS, **self._checks)
+        except jwt.InvalidSignatureError:
+            for secret in secrets[1:]:
+                try:
+                    return jwt.decode(token, secret, algorithms=SYMMETRIC_ALGORITHMS, **self._checks)
+                except jwt.InvalidSignatureError:
+                    continue
+            raise
+
+
+def _encoded_keys(text: str) -> tuple[bytes, ...]:
+    return tuple(key.encode() for key in parse_jwt_keys(text))
 
 
 async def _issuer_key(jwks: JwksCache, token: str) -> Any:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from chat_api.core.dburl import DatabaseTarget, DatabaseUrlError, parse_database_url
+from chat_api.core.dburl import SSL_MODES, DatabaseTarget, DatabaseUrlError, parse_database_url
+from chat_api.core.secretfile import SecretFile, read_text
 
 MIN_HS256_SECRET_CHARS = 32
 
@@ -26,8 +36,17 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = Field(None, validation_alias=env("DATABASE_URL"))
     database_url_file: Path | None = Field(None, validation_alias=env("DATABASE_URL_FILE"))
+    # The password alone (key `password` of a CloudNativePG role's basic-auth secret, mounted): it
+    # overrides the URL's and is read for every new connection.
+    db_password_file: Path | None = Field(None, validation_alias=env("CHAT_API_DB_PASSWORD_FILE"))
+    # libpq's own variables, made explicit so they are checked at start-up and applied to every
+    # connection (pool, LISTEN, migrate) whose URI does not set the parameter itself.
+    pg_sslmode: str | None = Field(None, validation_alias=env("PGSSLMODE"))
+    pg_sslrootcert: Path | None = Field(None, validation_alias=env("PGSSLROOTCERT"))
 
     jwt_secret: SecretStr | None = Field(None, validation_alias=env("CHAT_API_JWT_SECRET"))
+    # HS256 keys, one per line: the first signs, every one verifies (rotation without a restart).
+    jwt_secret_file: Path | None = Field(None, validation_alias=env("CHAT_API_JWT_SECRET_FILE"))
     jwt_jwks_url: str | None = Field(None, validation_alias=env("CHAT_API_JWT_JWKS_URL"))
     jwt_issuer: str | None = Field(None, validation_alias=env("CHAT_API_JWT_ISSUER"))
     jwt_audience: str | None = Field(None, validation_alias=env("CHAT_API_JWT_AUDIENCE"))
@@ -87,6 +106,13 @@ class Settings(BaseSettings):
     # The browser client at / (chat_api/web); `chat-api dev` turns it on.
     web_client: bool = Field(False, validation_alias=env("CHAT_API_WEB_CLIENT"))
 
+    # The password file's last good content (see SecretFile): shared by every connection.
+    _db_password: SecretFile[str] | None = PrivateAttr(None)
+
+    def model_post_init(self, context: Any) -> None:
+        if self.db_password_file is not None:
+            self._db_password = SecretFile(self.db_password_file, parse_password, "CHAT_API_DB_PASSWORD_FILE")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -109,6 +135,34 @@ class Settings(BaseSettings):
             read_database_url_file(value)
         return value
 
+    @field_validator("db_password_file")
+    @classmethod
+    def _valid_password_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            parse_password(read_text(value))
+        return value
+
+    @field_validator("pg_sslmode")
+    @classmethod
+    def _valid_sslmode(cls, value: str | None) -> str | None:
+        if value is not None and value not in SSL_MODES:
+            raise ValueError(f"{value!r} is not one of {', '.join(sorted(SSL_MODES))}")
+        return value
+
+    @field_validator("pg_sslrootcert")
+    @classmethod
+    def _existing_root_cert(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {str(value)!r} does not exist")
+        return value
+
+    @field_validator("jwt_secret_file")
+    @classmethod
+    def _valid_jwt_secret_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            parse_jwt_keys(read_text(value))
+        return value
+
     @field_validator("jwt_secret")
     @classmethod
     def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -125,31 +179,65 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> Settings:
-        if self.jwt_secret is not None and self.jwt_jwks_url is not None:
-            raise ValueError("set CHAT_API_JWT_SECRET or CHAT_API_JWT_JWKS_URL, not both")
+        given = [
+            name
+            for name, value in (
+                ("CHAT_API_JWT_SECRET", self.jwt_secret),
+                ("CHAT_API_JWT_SECRET_FILE", self.jwt_secret_file),
+                ("CHAT_API_JWT_JWKS_URL", self.jwt_jwks_url),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"set only one of {', '.join(given[:-1])} and {given[-1]}")
         return self
 
     def require_auth(self) -> None:
-        if self.jwt_secret is None and self.jwt_jwks_url is None:
-            raise ConfigError("CHAT_API_JWT_SECRET (or CHAT_API_JWT_JWKS_URL) is not set")
+        if self.jwt_secret is None and self.jwt_secret_file is None and self.jwt_jwks_url is None:
+            raise ConfigError(
+                "CHAT_API_JWT_SECRET (or CHAT_API_JWT_SECRET_FILE, or CHAT_API_JWT_JWKS_URL) is not set"
+            )
+
+    def jwt_signing_secret(self) -> str | None:
+        """The HS256 key that signs: CHAT_API_JWT_SECRET, else the first key in the file (read now)."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        if self.jwt_secret_file is not None:
+            try:
+                return parse_jwt_keys(read_text(self.jwt_secret_file))[0]
+            except ValueError as exc:
+                raise ConfigError(f"CHAT_API_JWT_SECRET_FILE: {exc}") from None
+        return None
 
     def require_database(self) -> None:
         if self.database_url is None and self.database_url_file is None:
             raise ConfigError("DATABASE_URL (or DATABASE_URL_FILE) is not set")
 
     def database_target(self) -> DatabaseTarget:
-        """Where to connect now. The file variant is read on every call, so a rotated secret is seen."""
+        """Where to connect now. The files are read on every call, so a rotated secret is seen."""
         if self.database_url_file is not None:
-            return parse_database_url(read_database_url_file(self.database_url_file))
+            return self._target(read_database_url_file(self.database_url_file))
         if self.database_url is not None:
-            return parse_database_url(self.database_url.get_secret_value())
+            return self._target(self.database_url.get_secret_value())
         raise ConfigError("DATABASE_URL (or DATABASE_URL_FILE) is not set")
 
     def listen_target(self) -> DatabaseTarget:
         """Where the stream hub LISTENs: a session connection, never through a transaction pooler."""
         if self.db_listen_url is not None:
-            return parse_database_url(self.db_listen_url.get_secret_value())
+            return self._target(self.db_listen_url.get_secret_value())
         return self.database_target()
+
+    def _target(self, raw: str) -> DatabaseTarget:
+        """The URI with PGSSLMODE/PGSSLROOTCERT where it sets neither, and the password file's password."""
+        defaults = {}
+        if self.pg_sslmode is not None:
+            defaults["sslmode"] = self.pg_sslmode
+        if self.pg_sslrootcert is not None:
+            defaults["sslrootcert"] = str(self.pg_sslrootcert)
+        target = parse_database_url(raw, defaults=defaults)
+        if self._db_password is not None:
+            target = dataclasses.replace(target, password=self._db_password.reread())
+        return target
 
 
 class ConfigError(Exception):
@@ -166,6 +254,25 @@ def read_database_url_file(path: Path) -> str:
     except DatabaseUrlError as exc:
         raise ValueError(f"{path}: {exc}") from None
     return text
+
+
+def parse_password(text: str) -> str:
+    """A password file's content: one trailing newline is not part of the password."""
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise ValueError("the file is empty")
+    return password
+
+
+def parse_jwt_keys(text: str) -> tuple[str, ...]:
+    """HS256 keys, one per line (blank lines and surrounding whitespace ignored); the first signs."""
+    keys = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not keys:
+        raise ValueError("the file holds no key")
+    for number, key in enumerate(keys, 1):
+        if len(key) < MIN_HS256_SECRET_CHARS:
+            raise ValueError(f"key {number} is shorter than {MIN_HS256_SECRET_CHARS} characters (HS256)")
+    return keys
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
@@ -25,15 +26,20 @@ class DatabaseTarget:
     dsn: str  # postgresql:// URI for asyncpg, secrets included: never log it
     connect_timeout: float | None
     redacted: str  # the same URI with the password replaced, safe to log
+    # From CHAT_API_DB_PASSWORD_FILE: passed to connect() beside the DSN, where it wins over the DSN's.
+    password: str | None = field(default=None, repr=False)
 
     def connect_kwargs(self) -> dict[str, object]:
         kwargs: dict[str, object] = {"dsn": self.dsn}
+        if self.password is not None:
+            kwargs["password"] = self.password
         if self.connect_timeout is not None:
             kwargs["timeout"] = self.connect_timeout
         return kwargs
 
 
-def parse_database_url(raw: str) -> DatabaseTarget:
+def parse_database_url(raw: str, defaults: Mapping[str, str] | None = None) -> DatabaseTarget:
+    """`defaults`: query parameters for when the URI does not give them (PGSSLMODE, PGSSLROOTCERT)."""
     raw = raw.strip()
     try:
         parts = urllib.parse.urlsplit(raw)
@@ -67,6 +73,8 @@ def parse_database_url(raw: str) -> DatabaseTarget:
         if key in seen:
             raise DatabaseUrlError(f"query parameter {key!r} is given twice")
         seen[key] = value
+    for key, value in (defaults or {}).items():
+        seen.setdefault(key, value)
 
     mode = seen.get("sslmode")
     if mode is not None and mode not in SSL_MODES:

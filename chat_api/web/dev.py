@@ -32,6 +32,7 @@ router = APIRouter(tags=["dev"])
 async def dev_token(new: DevTokenRequest, request: Request) -> DevToken:
     """Mint a bearer token for any user id (`chat-api dev` only; absent in `serve`)."""
     settings: Settings = request.app.state.settings
-    assert settings.jwt_secret is not None  # create_dev_app refuses to start without one
-    token = mint_token(settings.jwt_secret.get_secret_value(), new.sub, DEV_TOKEN_TTL)
+    secret = settings.jwt_signing_secret()
+    assert secret is not None  # create_dev_app refuses to start without one
+    token = mint_token(secret, new.sub, DEV_TOKEN_TTL)
     return DevToken(sub=new.sub, token=token, expires_in=DEV_TOKEN_TTL)
