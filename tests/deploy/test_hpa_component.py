@@ -17,6 +17,7 @@ import yaml
 from tests.deploy.manifests import DEPLOY, REPO, Obj, changed_leaves, kustomize, one, wave
 
 KUBERNETES_VERSION = "1.34.0"
+NAMESPACES = {"dev": "product-team-dev", "prd": "product-team"}
 COMPONENT_LINE = "  - ../../components/hpa"
 DISABLED_LINE = "  # - ../../components/hpa"
 
@@ -81,6 +82,31 @@ def test_prd_with_the_component_lets_the_hpa_own_replicas(deploy_copy: Path) -> 
     # Nothing else moves.
     kept = [o for o in after if o["kind"] != "HorizontalPodAutoscaler"]
     assert changed_leaves(before, kept) == {("Deployment", "chat-api", "spec", "replicas")}
+
+
+@pytest.mark.parametrize("env", ["dev", "prd"])
+def test_component_over_a_rendered_overlay_in_a_temp_kustomization(env: str, deploy_copy: Path) -> None:
+    """Layered over a whole overlay (the overlay as a resource, its own replicas: already applied), the
+    component works for either environment; every object still validates."""
+    variant = deploy_copy / "variants" / f"{env}-hpa"
+    variant.mkdir(parents=True)
+    (variant / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # The component's HPA has no namespace of its own: the layer must set it.
+                "namespace": NAMESPACES[env],
+                "resources": [f"../../overlays/{env}"],
+                "components": ["../../components/hpa"],
+            }
+        )
+    )
+    objs = kustomize(variant)
+    assert hpa_problems(objs) == []
+    for obj in objs:
+        if obj["kind"] not in ("Cluster", "SealedSecret"):  # CRD kinds: test_schemas.py
+            kubernetes_validate.validate(copy.deepcopy(obj), KUBERNETES_VERSION, strict=True)
 
 
 def test_an_overlays_own_replicas_field_would_undo_the_component(deploy_copy: Path) -> None:
