@@ -308,8 +308,9 @@ def test_runtime_sealed_secret(overlay: tuple[str, list[Obj]]) -> None:
 def test_placeholder_is_one_the_controller_tries_and_fails_to_decrypt() -> None:
     raw = base64.b64decode(PLACEHOLDER, validate=True)
     (rsa_len,) = struct.unpack(">H", raw[:2])
-    # Not "too short" (that is a different error); an RSA block of 55 bytes decrypts under no key of
-    # 2048 bits or more (OAEP needs the modulus size).
+    # Not "too short" (that is a different error): the controller runs RSA-OAEP with each of its keys.
+    # A 55-byte block is no OAEP ciphertext of a 2048-bit or larger key (those are as long as the
+    # modulus, 256 bytes and up), so every key fails.
     assert rsa_len == len(PLACEHOLDER_MARKER) == len(raw) - 2 < 256
 
 
