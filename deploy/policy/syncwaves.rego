@@ -1,4 +1,5 @@
-# ArgoCD order inside the Application: the CNPG Cluster (wave 3) is healthy before the migration Job
+# ArgoCD order inside the Application: SealedSecrets (wave 2: the JWT key, the runtime role's
+# password) are decrypted before the CNPG Cluster (wave 3), which is healthy before the migration Job
 # (a Sync hook in wave 4: PreSync would run before the Cluster exists on a first install), and the
 # schema is migrated before the Deployment (wave 5) rolls out.
 package main
@@ -13,6 +14,12 @@ is_migration_job if {
 is_migration_job if {
 	input.kind == "Job"
 	endswith(input.metadata.name, "-migrate")
+}
+
+deny contains msg if {
+	input.kind == "SealedSecret"
+	sync_wave != "2"
+	msg := sprintf("[wave-sealed-secret] %s: sync-wave must be \"2\" (got %q), before the Cluster, the migration and the server", [object_name, sync_wave])
 }
 
 deny contains msg if {

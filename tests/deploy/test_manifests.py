@@ -54,10 +54,14 @@ def config_data(objs: list[Obj]) -> dict[str, str]:
 # ---- ArgoCD order ---------------------------------------------------------------------------------
 
 
-def test_sync_waves_run_database_then_migration_then_server(overlay: tuple[str, list[Obj]]) -> None:
+def test_sync_waves_run_secrets_then_database_then_migration_then_server(
+    overlay: tuple[str, list[Obj]],
+) -> None:
     _, objs = overlay
     cluster, job, deployment = one(objs, "Cluster"), one(objs, "Job"), one(objs, "Deployment")
     assert (wave(cluster), wave(job), wave(deployment)) == (3, 4, 5)
+    sealed = objects(objs, "SealedSecret")
+    assert len(sealed) == 2 and {wave(s) for s in sealed} == {2}
     for kind in ("Service", "PodDisruptionBudget", "Ingress", "HorizontalPodAutoscaler"):
         for obj in objects(objs, kind):
             assert wave(obj) == 5, kind
@@ -115,11 +119,13 @@ def test_server_runs_the_image_cmd(overlay: tuple[str, list[Obj]]) -> None:
 # ---- database URL and secrets ---------------------------------------------------------------------
 
 
-def test_database_url_comes_from_the_mounted_cnpg_secret_without_subpath(
+def test_migration_url_comes_from_the_mounted_cnpg_secret_without_subpath(
     overlay: tuple[str, list[Obj]],
 ) -> None:
+    """The migration Job connects as the owner from CNPG's secret. (The server connects as the runtime
+    role with a password file: tests/deploy/test_secrets_and_roles.py.)"""
     _, objs = overlay
-    for workload in workloads(objs):
+    for workload in [one(objs, "Job", "chat-api-migrate")]:
         spec = pod_spec(workload)
         (volume,) = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == DB_SECRET]
         assert volume["secret"]["items"] == [{"key": "uri", "path": "uri"}]
@@ -133,17 +139,29 @@ def test_database_url_comes_from_the_mounted_cnpg_secret_without_subpath(
         )
         names = {e["name"] for e in env_list(container)}
         assert "DATABASE_URL" not in names and "DATABASE_URL" not in config_data(objs)
-        for entry in env_list(container):
+    for workload in workloads(objs):
+        for entry in env_list(main_container(workload)):
             ref = entry.get("valueFrom", {}).get("secretKeyRef", {})
             assert ref.get("name") != DB_SECRET, "env from the CNPG secret never sees a rotation"
 
 
-def test_jwt_key_comes_from_the_platform_secret(overlay: tuple[str, list[Obj]]) -> None:
+def test_no_secret_reaches_a_pod_as_an_environment_variable(overlay: tuple[str, list[Obj]]) -> None:
+    """Secrets are mounted files (re-read after a rotation); the JWT key is one of them."""
     _, objs = overlay
     server = main_container(one(objs, "Deployment"))
-    ref = env_value(server, "CHAT_API_JWT_SECRET")["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "chat-api-jwt", "key": "secret"}
-    assert objects(objs, "Secret") == [] and objects(objs, "SealedSecret") == []
+    assert env_value(server, "CHAT_API_JWT_SECRET_FILE")["value"] == "/etc/chat-api/jwt/secret"
+    for workload in workloads(objs):
+        for container in containers(workload):
+            names = {e["name"] for e in env_list(container)}
+            assert "CHAT_API_JWT_SECRET" not in names
+            for entry in env_list(container):
+                assert "secretKeyRef" not in entry.get("valueFrom", {}), entry["name"]
+            assert all("secretRef" not in source for source in container.get("envFrom", []))
+    assert objects(objs, "Secret") == []
+    assert sorted(o["metadata"]["name"] for o in objects(objs, "SealedSecret")) == [
+        "chat-api-jwt",
+        "chat-db-runtime",
+    ]
 
 
 def test_no_secret_values_in_the_deploy_tree() -> None:
@@ -275,24 +293,10 @@ def test_replicas_per_overlay(overlay: tuple[str, list[Obj]]) -> None:
     assert one(objs, "Deployment")["spec"]["replicas"] == REPLICAS[name]
 
 
-def test_hpa_only_in_prd(overlay: tuple[str, list[Obj]]) -> None:
-    name, objs = overlay
-    hpas = objects(objs, "HorizontalPodAutoscaler")
-    if name != "prd":
-        assert hpas == []
-        return
-    (hpa,) = hpas
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    spec = hpa["spec"]
-    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-api"}
-    assert (spec["minReplicas"], spec["maxReplicas"]) == (3, 10)
-    assert spec["metrics"] == [
-        {
-            "type": "Resource",
-            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
-        }
-    ]
-    assert spec["minReplicas"] == REPLICAS["prd"]
+def test_no_hpa_unless_the_component_is_enabled(overlay: tuple[str, list[Obj]]) -> None:
+    """prd runs a fixed 3 by default; tests/deploy/test_hpa_component.py enables components/hpa."""
+    _, objs = overlay
+    assert objects(objs, "HorizontalPodAutoscaler") == []
 
 
 # ---- security -------------------------------------------------------------------------------------

@@ -36,16 +36,21 @@ EXPECTED_KINDS = {
         "Service",
         "PodDisruptionBudget",
         "Ingress",
+        "SealedSecret",
     },
 }
-EXPECTED_KINDS["prd"] = EXPECTED_KINDS["dev"] | {"HorizontalPodAutoscaler"}
+# The HPA is opt-in (components/hpa, tests/deploy/test_hpa_component.py): prd has the same kinds.
+EXPECTED_KINDS["prd"] = EXPECTED_KINDS["dev"]
+# chat-api-jwt and chat-db-runtime; every other kind once.
+COUNTS = {"SealedSecret": 2}
 
 
 def test_overlay_renders_the_expected_objects(overlay: tuple[str, list[Obj]]) -> None:
     name, objs = overlay
     kinds = [o["kind"] for o in objs]
     assert set(kinds) == EXPECTED_KINDS[name]
-    assert len(kinds) == len(set(kinds)), f"one object per kind expected: {sorted(kinds)}"
+    counts = {kind: kinds.count(kind) for kind in set(kinds)}
+    assert counts == {kind: COUNTS.get(kind, 1) for kind in EXPECTED_KINDS[name]}, sorted(kinds)
 
 
 def test_core_kinds_validate_strictly(overlay: tuple[str, list[Obj]]) -> None:
@@ -68,6 +73,15 @@ def test_cnpg_cluster_matches_the_crd_schema(overlay: tuple[str, list[Obj]], crd
     _, objs = overlay
     cluster = one(objs, "Cluster", "chat-db-cnpg")
     assert crd_schemas.errors(cluster) == []
+
+
+def test_sealed_secrets_match_the_crd_schema(overlay: tuple[str, list[Obj]], crd_schemas: CrdSchemas) -> None:
+    _, objs = overlay
+    sealed = [o for o in objs if o["kind"] == "SealedSecret"]
+    assert len(sealed) == 2
+    for obj in sealed:
+        assert is_custom(obj)
+        assert crd_schemas.errors(obj) == [], obj["metadata"]["name"]
 
 
 def test_argocd_objects_match_their_crd_schemas(argocd_objects: list[Obj], crd_schemas: CrdSchemas) -> None:
@@ -96,8 +110,27 @@ def test_argocd_objects_match_their_crd_schemas(argocd_objects: list[Obj], crd_s
         ("Application", lambda o: o["spec"]["syncPolicy"]["automated"].update(prune="yes"), "not of type"),
         ("Cluster", lambda o: o["spec"].update(instances="3"), "not of type"),
         ("Cluster", lambda o: o["spec"]["bootstrap"]["initdb"].update(databse="chat"), "databse"),
+        (
+            "Cluster",
+            lambda o: o["spec"]["managed"]["roles"][0].update(passwordSecrets={"name": "x"}),
+            "passwordSecrets",
+        ),
+        ("Cluster", lambda o: o["spec"].update(enablePDB="false"), "not of type"),
+        ("SealedSecret", lambda o: o["spec"].pop("encryptedData"), "encryptedData"),
+        ("SealedSecret", lambda o: o["spec"]["template"].update(stringData={"secret": "x"}), "stringData"),
     ],
-    ids=["unknown-field", "bad-method", "missing-image-name", "bad-bool", "bad-int", "typo-initdb"],
+    ids=[
+        "unknown-field",
+        "bad-method",
+        "missing-image-name",
+        "bad-bool",
+        "bad-int",
+        "typo-initdb",
+        "typo-role",
+        "bad-pdb-bool",
+        "sealed-without-data",
+        "sealed-plaintext",
+    ],
 )
 def test_crd_validation_rejects_broken_objects(
     kind: str,
@@ -107,7 +140,7 @@ def test_crd_validation_rejects_broken_objects(
     rendered: dict[str, list[Obj]],
     crd_schemas: CrdSchemas,
 ) -> None:
-    source = rendered["dev"] if kind == "Cluster" else argocd_objects
+    source = rendered["dev"] if kind in ("Cluster", "SealedSecret") else argocd_objects
     obj = copy.deepcopy(next(o for o in source if o["kind"] == kind))
     mutate(obj)  # type: ignore[operator]
     errors = crd_schemas.errors(obj)
