@@ -21,8 +21,15 @@ def base_objects() -> list[Obj]:
 
 
 @pytest.fixture(scope="session")
-def argocd_objects() -> list[Obj]:
-    return kustomize(DEPLOY / "argocd")
+def argocd_entry_points() -> dict[str, list[Obj]]:
+    """What each cluster's app-of-apps syncs (deploy/argocd/<env>), rendered, by environment."""
+    return {name: kustomize(DEPLOY / "argocd" / name) for name in OVERLAYS}
+
+
+@pytest.fixture(scope="session")
+def argocd_objects(argocd_entry_points: dict[str, list[Obj]]) -> list[Obj]:
+    """The ArgoCD objects of every environment together."""
+    return [obj for name in OVERLAYS for obj in argocd_entry_points[name]]
 
 
 @pytest.fixture(params=OVERLAYS)

@@ -86,8 +86,10 @@ def test_sealed_secrets_match_the_crd_schema(overlay: tuple[str, list[Obj]], crd
 
 def test_argocd_objects_match_their_crd_schemas(argocd_objects: list[Obj], crd_schemas: CrdSchemas) -> None:
     kinds = sorted(o["kind"] for o in argocd_objects)
-    assert kinds == ["Application", "Application", "ImageUpdater", "ImageUpdater"]
-    for obj in argocd_objects:
+    assert kinds == ["AppProject", "AppProject", "Application", "Application", "ImageUpdater", "ImageUpdater"]
+    # The AppProject CRD is not in the CRD folder: test_argocd.py checks its structure explicitly.
+    custom = [o for o in argocd_objects if o["kind"] != "AppProject"]
+    for obj in custom:
         assert is_custom(obj)
         assert crd_schemas.errors(obj) == [], obj["metadata"]["name"]
 
@@ -102,6 +104,13 @@ def test_argocd_objects_match_their_crd_schemas(argocd_objects: list[Obj], crd_s
             "writeBackTarge",
         ),
         ("ImageUpdater", lambda o: o["spec"]["writeBackConfig"].update(method="gti"), "does not match"),
+        (
+            "ImageUpdater",
+            lambda o: o["spec"]["writeBackConfig"]["gitConfig"].update(
+                pullRequest={"github": {}, "lables": ["x"]}
+            ),
+            "lables",
+        ),
         (
             "ImageUpdater",
             lambda o: o["spec"]["applicationRefs"][0]["images"][0].pop("imageName"),
@@ -122,6 +131,7 @@ def test_argocd_objects_match_their_crd_schemas(argocd_objects: list[Obj], crd_s
     ids=[
         "unknown-field",
         "bad-method",
+        "pull-request-typo",
         "missing-image-name",
         "bad-bool",
         "bad-int",
