@@ -315,14 +315,7 @@ def test_image_updater_write_back_is_a_commit_in_dev_and_a_pull_request_in_prd(
     "env",
     [
         "dev",
-        pytest.param(
-            "prd",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the prd overlay still renders its HPA beside replicas: 3 until the HPA becomes an "
-                "opt-in component (parallel change); then this passes and the marker must go",
-            ),
-        ),
+        "prd",
     ],
 )
 def test_no_application_ignores_replicas(
