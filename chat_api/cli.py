@@ -6,54 +6,11 @@ import argparse
 import asyncio
 import logging
 import sys
-from types import FrameType
-
-import uvicorn
-from fastapi import FastAPI
 
 from chat_api.core.config import ConfigError, load_settings
 from chat_api.core.logging import configure_logging
 
 log = logging.getLogger("chat_api")
-
-# uvicorn waits this long for open requests after SIGTERM; streams end at once (the app drains
-# them), so this only bounds slow ordinary requests. Keep it below the pod's grace period (30 s).
-GRACEFUL_SHUTDOWN_SECONDS = 20
-
-
-class Server(uvicorn.Server):
-    """uvicorn, plus: the first SIGTERM/SIGINT starts the app's drain (readiness 503, streams end)."""
-
-    def __init__(self, config: uvicorn.Config, draining: asyncio.Event) -> None:
-        super().__init__(config)
-        self.draining = draining
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        try:
-            asyncio.get_running_loop().call_soon_threadsafe(self.draining.set)
-        except RuntimeError:  # no loop running yet or any more
-            self.draining.set()
-        super().handle_exit(sig, frame)
-
-
-def run_server(app: FastAPI, host: str, port: int, *, behind_proxy: bool) -> None:
-    """uvicorn with uvloop and httptools, one process. Behind a proxy (the ingress) it takes the
-    client address and scheme from X-Forwarded-* headers; the NetworkPolicy admits only the ingress."""
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        proxy_headers=behind_proxy,
-        forwarded_allow_ips="*" if behind_proxy else None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
-    Server(config, app.state.draining).run()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -62,8 +19,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.require_auth()
     configure_logging(settings)
     from chat_api.app import create_app
+    from chat_api.server import run_server
 
-    run_server(create_app(settings), settings.host, settings.port, behind_proxy=True)
+    run_server(create_app(settings), settings, settings.host, settings.port)
     return 0
 
 

@@ -87,8 +87,8 @@ def create_dev_app(settings: Settings) -> FastAPI:
 
 def run_dev() -> int:
     from chat_api.auth.tokens import mint_token
-    from chat_api.cli import run_server
     from chat_api.core.migrations import migrate
+    from chat_api.server import run_server
 
     directory = data_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def run_dev() -> int:
         base = f"http://{host}:{port}"
         tokens = {user: mint_token(secret, user, DEV_TOKEN_TTL) for user in DEV_USERS}
         print(_banner(base, tokens), flush=True)
-        run_server(create_dev_app(settings), host, port, behind_proxy=False)
+        run_server(create_dev_app(settings), settings, host, port)
     finally:
         server.cleanup()  # type: ignore[attr-defined]
     return 0

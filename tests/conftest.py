@@ -21,6 +21,7 @@ from chat_api.app import create_app
 from chat_api.auth.tokens import mint_token
 from chat_api.core.config import Settings, load_settings
 from chat_api.core.migrations import migrate
+from chat_api.server import server_config
 from tests.pg import admin_database_url
 
 TEST_SECRET = "test-secret-" + "x" * 32
@@ -128,14 +129,11 @@ class RunningServer:
 async def serve(
     settings: Settings, app: FastAPI | None = None, port: int | None = None
 ) -> AsyncIterator[RunningServer]:
-    """The real app on a real uvicorn (httptools) on a loopback port (a free one unless given: a
-    restart can take the same origin again), in this event loop."""
+    """The real app on a real uvicorn, configured as `chat-api serve` configures it, on a loopback
+    port (a free one unless given: a restart can take the same origin again), in this event loop."""
     app = app or create_app(settings)
     port = port or free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http="httptools", lifespan="on", access_log=False, log_config=None
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, settings, "127.0.0.1", port))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -1,7 +1,6 @@
-"""Caps request sizes. Bodies before they are read whole: a declared Content-Length over the cap is
-refused at once, and a chunked body is counted as it arrives and cut off when it passes the cap.
-Headers: the HTTP parser has no limit of its own, so requests whose headers add up to more than
-MAX_HEADER_BYTES are refused with 431 before the app sees them (put a limit at the ingress too)."""
+"""Caps request bodies before they are read whole: a declared Content-Length over the cap is refused
+at once, and a chunked body is counted as it arrives and cut off when it passes the cap. (The request
+head has its own cap in the HTTP server: chat_api/server.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chat_api.core.errors import problem_response
 
 DETAIL = "The request body is larger than the service accepts ({limit} bytes)."
-MAX_HEADER_BYTES = 16 * 1024
 
 
 class BodyTooLarge(HTTPException):
@@ -31,17 +29,8 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = scope["headers"]
-        if sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
-            response = problem_response(
-                431,
-                f"The request headers are larger than {MAX_HEADER_BYTES} bytes.",
-                headers={"Connection": "close"},
-            )
-            await response(scope, receive, send)
-            return
         chunked = False
-        for name, value in headers:
+        for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
                 response = problem_response(
                     413, DETAIL.format(limit=self.max_bytes), headers={"Connection": "close"}

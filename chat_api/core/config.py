@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from chat_api.core.dburl import SSL_MODES, DatabaseTarget, DatabaseUrlError, parse_database_url
 from chat_api.core.secretfile import SecretFile, read_text
@@ -53,6 +54,20 @@ class Settings(BaseSettings):
 
     host: str = Field("0.0.0.0", validation_alias=env("CHAT_API_HOST"))  # noqa: S104 - a container listens on all
     port: int = Field(8080, ge=1, le=65535, validation_alias=env("CHAT_API_PORT"))
+    # The HTTP server's own limits (chat_api/server.py). Open streams count towards the connections.
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, validation_alias=env("CHAT_API_HEADER_TIMEOUT_SECONDS")
+    )
+    keepalive_timeout_seconds: int = Field(
+        5, ge=1, le=3600, validation_alias=env("CHAT_API_KEEPALIVE_TIMEOUT_SECONDS")
+    )
+    limit_concurrency: int = Field(
+        10_000, ge=1, le=1_000_000, validation_alias=env("CHAT_API_LIMIT_CONCURRENCY")
+    )
+    # Peers (IPs or CIDR networks) whose X-Forwarded-For/-Proto are believed: the ingress. None by default.
+    forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=env("CHAT_API_FORWARDED_ALLOW_IPS")
+    )
 
     db_pool_size: int = Field(10, ge=1, le=1000, validation_alias=env("CHAT_API_DB_POOL_SIZE"))
     db_pool_max_overflow: int = Field(
@@ -112,6 +127,19 @@ class Settings(BaseSettings):
     def model_post_init(self, context: Any) -> None:
         if self.db_password_file is not None:
             self._db_password = SecretFile(self.db_password_file, parse_password, "CHAT_API_DB_PASSWORD_FILE")
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        items = tuple(item.strip() for item in value.split(",") if item.strip())
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return items
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -8,9 +8,9 @@ import urllib.parse
 
 import pytest
 
-from chat_api.cli import GRACEFUL_SHUTDOWN_SECONDS
 from chat_api.core.config import Settings, load_settings
 from chat_api.core.telemetry import SHUTDOWN_SECONDS as TELEMETRY_SHUTDOWN_SECONDS
+from chat_api.server import GRACEFUL_SHUTDOWN_SECONDS
 from tests.deploy.manifests import (
     DEPLOY,
     HOOK,
