@@ -36,7 +36,7 @@ from chat_api.core.migrations import (
 from chat_api.messages.schemas import Message
 from tests.conftest import make_settings, with_database, with_user
 
-TABLES = {"rooms", "members", "messages", "events", "event_log_state"}
+TABLES = {"rooms", "members", "room_refusals", "messages", "events", "event_log_state"}
 COMMAND_TIMEOUT = 60
 
 

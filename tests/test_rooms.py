@@ -160,3 +160,28 @@ async def test_unknown_and_malformed_room_ids_are_404(alice: User) -> None:
         assert_problem(await alice.http.get(f"/v1/rooms/{rid}"), 404)
         assert_problem(await alice.http.get(f"/v1/rooms/{rid}/messages"), 404)
         assert_problem(await alice.send(rid, "x"), 404)
+
+
+async def test_a_member_who_leaves_for_good_cannot_be_added_again(
+    alice: User, bob: User, carol: User
+) -> None:
+    """Security review finding 6: anyone could add anyone to a room, again right after they left."""
+    room = (await alice.create_room(members=[bob, carol]))["id"]
+    members = f"/v1/rooms/{room}/members"
+    # A plain leave: the owner may add you back.
+    assert (await carol.http.delete(f"{members}/{carol.name}")).status_code == 204
+    assert (await alice.http.put(f"{members}/{carol.name}")).status_code == 201
+    # Leaving with stay_out: not again, whatever the owner tries.
+    assert (await bob.http.delete(f"{members}/{bob.name}", params={"stay_out": "true"})).status_code == 204
+    before = (await alice.http.get(f"/v1/rooms/{room}")).json()
+    refused = await alice.http.put(f"{members}/{bob.name}")
+    problem = assert_problem(refused, 403)
+    assert problem["type"].endswith("/refused"), problem
+    after = (await alice.http.get(f"/v1/rooms/{room}")).json()
+    assert after["last_seq"] == before["last_seq"] and bob.name not in {
+        m["user_id"] for m in after["members"]
+    }
+    assert_problem(await bob.http.get(f"/v1/rooms/{room}"), 404)
+    # Only the one leaving can ask to stay out.
+    assert_problem(await alice.http.delete(f"{members}/{carol.name}", params={"stay_out": "true"}), 422)
+    assert carol.name in {m["user_id"] for m in (await alice.http.get(f"/v1/rooms/{room}")).json()["members"]}

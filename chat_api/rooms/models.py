@@ -37,3 +37,13 @@ class Member(Base):
     role: Mapped[str] = mapped_column(Text)
     last_read_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
     joined_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class RoomRefusal(Base):
+    """A user who left a room and asked not to be added to it again (migration 0006)."""
+
+    __tablename__ = "room_refusals"
+
+    room_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -74,8 +74,11 @@ async def remove_member(
     user: CurrentUser,
     engine: DbEngine,
     limits: RateLimitsDep,
+    stay_out: Annotated[
+        bool, Query(description="Leaving: and never be added to this room again (422 for anyone else)")
+    ] = False,
 ) -> Response:
-    """Remove a member (owner), or leave (yourself)."""
+    """Remove a member (owner), or leave (yourself); `stay_out=true` refuses later adds."""
     limits.check(Action.CHANGE_MEMBERS, user)
-    await service.remove_member(engine, parse_room_id(room_id), user, user_id)
+    await service.remove_member(engine, parse_room_id(room_id), user, user_id, stay_out=stay_out)
     return Response(status_code=204)

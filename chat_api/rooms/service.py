@@ -50,6 +50,8 @@ _MEMBERS = "SELECT user_id, role, last_read_seq FROM members WHERE room_id = $1 
 _MEMBER = "SELECT role, last_read_seq FROM members WHERE room_id = $1 AND user_id = $2"
 _INSERT_ROOM = "INSERT INTO rooms (id, name, created_by, last_seq) VALUES ($1, $2, $3, 1)"
 _INSERT_MEMBER = "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, $3)"
+_REFUSED = "SELECT 1 FROM room_refusals WHERE room_id = $1 AND user_id = $2"
+_REFUSE = "INSERT INTO room_refusals (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
 _DELETE_MEMBER = (
     "DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING user_id, role, last_read_seq"
 )
@@ -147,14 +149,21 @@ async def add_member(
             return Member(
                 user_id=user_id, role=existing["role"], last_read_seq=existing["last_read_seq"]
             ), False
+        if await conn.fetchval(_REFUSED, room_id, user_id):
+            raise Problem(403, "This user left the room and asked not to be added again.", kind="refused")
         await conn.execute(_INSERT_MEMBER, room_id, user_id, "member")
         member = Member(user_id=user_id, role="member", last_read_seq=0)
         await _log_member_change(conn, room_id, "member.added", member)
         return member, True
 
 
-async def remove_member(engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_id: str) -> None:
-    """The owner removes anyone; a member removes itself (leaves)."""
+async def remove_member(
+    engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_id: str, *, stay_out: bool = False
+) -> None:
+    """The owner removes anyone; a member removes itself (leaves), with `stay_out` for good: nobody
+    can add it to this room again."""
+    if stay_out and caller != user_id:
+        raise Problem(422, "stay_out: only a member leaving a room can ask to stay out.", kind="validation")
     async with connection(engine) as conn, conn.transaction():
         await log.lock_room(conn, room_id)
         me = await _member(conn, room_id, caller)
@@ -165,6 +174,8 @@ async def remove_member(engine: AsyncEngine, room_id: uuid.UUID, caller: str, us
         removed = await conn.fetchrow(_DELETE_MEMBER, room_id, user_id)
         if removed is None:
             raise not_found("member")
+        if stay_out:
+            await conn.execute(_REFUSE, room_id, user_id)
         await _log_member_change(conn, room_id, "member.removed", Member(**removed))
 
 
