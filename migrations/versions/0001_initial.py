@@ -6,11 +6,10 @@ Create Date: 2026-11-28
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from chat_api.events.models import Xid8
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -18,6 +17,16 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TZ = sa.DateTime(timezone=True)
+
+
+class Xid8(sa.types.UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id. A copy of the application's type: a migration is a frozen
+    snapshot and imports nothing from the application."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
 
 
 def upgrade() -> None:

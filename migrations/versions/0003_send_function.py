@@ -12,7 +12,8 @@ idempotency key already used): it returns NULL and the caller finds out why. If 
 with the same key from another room committed after the check, the insert finds the key taken; the
 function then raises P0002 so that the seq it took is rolled back.
 
-Returns the message as JSON text (see chat_api/messages/service.py: message_json, event_json).
+Returns the message as JSON text, in the shape of chat_api/messages/schemas.py's Message (migration
+0004 replaced it by a version that returns the stored messages.doc instead).
 Parameters: room, room lock key, sender, body, reply_to, idempotency key, request hash.
 
 Revision ID: 0003

@@ -17,9 +17,7 @@ Revises: 0003
 Create Date: 2026-11-28
 """
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
 from alembic import op
 
@@ -98,14 +96,57 @@ def upgrade() -> None:
     op.execute(SEND)
 
 
+# chat_send() as migration 0003 made it (it builds the JSON itself): a frozen copy, for the downgrade.
+_MESSAGE_JSON_0003 = f"""(SELECT row_to_json(x) FROM (SELECT m.id, m.room_id, m.seq, m.sender, m.body,
+        m.reply_to, {_TIMESTAMP.format("m.created_at")} AS created_at,
+        {_TIMESTAMP.format("m.edited_at")} AS edited_at, m.deleted) x)"""
+
+SEND_0003 = f"""
+CREATE OR REPLACE FUNCTION chat_send(
+    p_room uuid, p_lock bigint, p_sender text, p_body text, p_reply_to bigint, p_key text, p_hash bytea
+) RETURNS text LANGUAGE plpgsql VOLATILE AS $function$
+DECLARE
+    sent text;
+    took_seq boolean;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_lock);
+    WITH room AS (
+        UPDATE rooms SET last_seq = last_seq + 1, activity_at = now()
+        WHERE id = p_room
+          AND EXISTS (SELECT 1 FROM members WHERE room_id = p_room AND user_id = p_sender)
+          AND (p_reply_to IS NULL
+               OR EXISTS (SELECT 1 FROM messages WHERE room_id = p_room AND seq = p_reply_to))
+          AND (p_key IS NULL
+               OR NOT EXISTS (SELECT 1 FROM messages WHERE sender = p_sender AND idempotency_key = p_key))
+        RETURNING last_seq
+    ), message AS (
+        INSERT INTO messages (room_id, seq, sender, body, reply_to, idempotency_key, request_hash)
+        SELECT p_room, room.last_seq, p_sender, p_body, p_reply_to, p_key, p_hash FROM room
+        ON CONFLICT (sender, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING *
+    ), event AS (
+        INSERT INTO events (room_id, seq, kind, payload)
+        SELECT m.room_id, m.seq, 'message.created',
+               json_build_object('room_id', m.room_id, 'seq', m.seq, 'message', {_MESSAGE_JSON_0003})
+        FROM message m
+    )
+    SELECT (SELECT {_MESSAGE_JSON_0003}::text FROM message m), EXISTS (SELECT 1 FROM room)
+    INTO sent, took_seq;
+    IF sent IS NOT NULL THEN
+        PERFORM pg_notify('chat_events', '');  -- the stream's doorbell (chat_api/events/log.py)
+        RETURN sent;
+    END IF;
+    IF took_seq THEN
+        RAISE EXCEPTION 'idempotency key taken meanwhile' USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN NULL;
+END
+$function$
+"""
+
+
 def downgrade() -> None:
-    # chat_send() as migration 0003 made it (it builds the JSON itself), then without the column.
-    path = Path(__file__).with_name("0003_send_function.py")
-    spec = importlib.util.spec_from_file_location("chat_api_migration_0003", path)
-    assert spec is not None and spec.loader is not None
-    previous = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(previous)
-    op.execute(previous.UPGRADE.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    op.execute(SEND_0003)
     op.execute("DROP TRIGGER messages_doc ON messages")
     op.execute("DROP FUNCTION chat_message_doc()")
     op.execute("ALTER TABLE messages DROP COLUMN doc")
