@@ -8,7 +8,6 @@ background threads send in batches; a collector that is down or slow only drops 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider, Obser
 from opentelemetry.trace import NoOpTracerProvider, Tracer
 
 import chat_api
+from chat_api.core.otel_env import enabled, protocol
 
 if TYPE_CHECKING:
     from chat_api.core.telemetry_sdk import TelemetrySdk
@@ -24,36 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("chat_api.telemetry")
 
 SHUTDOWN_SECONDS = 5.0  # flush what is queued on shutdown, but never wait longer than this
-DEFAULT_SERVICE_NAME = "chat-api"
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or None
-
-
-def protocol(signal: str) -> str:
-    protocol = _env(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or _env("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
-    if protocol not in ("grpc", "http/protobuf"):
-        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not grpc or http/protobuf")
-    return protocol
-
-
-SIGNALS = ("TRACES", "LOGS", "METRICS")
-
-
-def signal_enabled(signal: str) -> bool:
-    """A signal is exported when an endpoint is set for it (or for all) and its
-    OTEL_<SIGNAL>_EXPORTER is not `none`."""
-    if (_env("OTEL_SDK_DISABLED") or "false").lower() == "true":
-        return False
-    if (_env(f"OTEL_{signal}_EXPORTER") or "otlp").lower() == "none":
-        return False
-    return bool(_env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or _env("OTEL_EXPORTER_OTLP_ENDPOINT"))
-
-
-def enabled() -> bool:
-    return any(signal_enabled(signal) for signal in SIGNALS)
 
 
 class _DeferredTracerProvider(trace.TracerProvider):

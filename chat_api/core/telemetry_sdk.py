@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 import chat_api
-from chat_api.core.telemetry import DEFAULT_SERVICE_NAME, protocol, signal_enabled
+from chat_api.core.otel_env import DEFAULT_SERVICE_NAME, protocol, signal_enabled
 
 
 def resource() -> Resource:
