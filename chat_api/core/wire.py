@@ -1,19 +1,15 @@
-"""What values look like on the wire: timestamps, validated text, and ids in paths."""
+"""What values look like on the wire: timestamps and text PostgreSQL can store."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, PlainSerializer
 
-from chat_api.core.errors import not_found
-
-# RFC 3339 in UTC with microseconds, e.g. 2026-11-28T08:57:18.123456Z. SQL_TIMESTAMP renders the
-# same text in PostgreSQL for objects that are built as JSON by the database.
+# RFC 3339 in UTC with microseconds, e.g. 2026-11-28T08:57:18.123456Z (the database renders the same
+# text for the JSON it stores: migration 0004).
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-SQL_TIMESTAMP = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
 def format_timestamp(value: datetime) -> str:
@@ -42,16 +38,3 @@ def _storable(value: str) -> str:
 
 
 StorableText = Annotated[str, AfterValidator(_storable)]
-
-
-def parse_room_id(raw: str) -> uuid.UUID:
-    """A room id from a path; one that does not parse names no room, so it is 404 like any other."""
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise not_found("room") from None
-
-
-def room_lock_key(room_id: uuid.UUID) -> int:
-    """The room's advisory-lock key: every writer of a room takes it first (see events/log.py)."""
-    return int.from_bytes(room_id.bytes[:8], "big", signed=True)

@@ -16,15 +16,14 @@ from collections import defaultdict
 from typing import Any
 
 import asyncpg
-import orjson
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import NoOpTracer, Tracer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api.core.config import Settings
 from chat_api.core.db import SERVER_SETTINGS, connection
+from chat_api.events.contract import NOTIFY_CHANNEL, EventKind, joined_by_room_created
 from chat_api.events.cursor import Cursor
-from chat_api.events.log import NOTIFY_CHANNEL
 from chat_api.events.reader import EVENT_COLUMNS, HORIZON_SQL, Event
 
 log = logging.getLogger("chat_api.events")
@@ -229,11 +228,11 @@ class Hub:
     def dispatch(self, event: Event) -> None:
         """Applies one event, in log order: membership first for joins, last for leaves."""
         room = event.room_id
-        if event.kind == "member.added" and event.subject is not None:
+        if event.kind == EventKind.MEMBER_ADDED and event.subject is not None:
             self._join(event.subject, room)
-        elif event.kind == "room.created":
-            for member in orjson.loads(event.payload)["room"]["members"]:
-                self._join(member["user_id"], room)
+        elif event.kind == EventKind.ROOM_CREATED:
+            for member in joined_by_room_created(event.payload):
+                self._join(member, room)
         frame = event.frame()
         item = (event.position, frame)
         for user in self.users_in.get(room, ()):
@@ -241,7 +240,7 @@ class Hub:
                 if subscription.room_id is None or subscription.room_id == room:
                     subscription.offer(item)
                     self.delivered += 1
-        if event.kind == "member.removed" and event.subject is not None:
+        if event.kind == EventKind.MEMBER_REMOVED and event.subject is not None:
             self._leave(event.subject, room)
 
     # -- reading the log -------------------------------------------------------------------------

@@ -11,12 +11,12 @@ Keep write transactions short: an open one holds back every stream in the cluste
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import asyncpg
 
-from chat_api.core.wire import room_lock_key
+from chat_api.events.contract import NOTIFY_CHANNEL, EventKind, envelope, room_lock_key
 
-NOTIFY_CHANNEL = "chat_events"
 # The NOTIFY is a doorbell: it carries no data, readers go to the log.
 NOTIFY_SQL = f"pg_notify('{NOTIFY_CHANNEL}', '')"
 
@@ -40,9 +40,9 @@ async def append(
     conn: asyncpg.Connection,
     room_id: uuid.UUID,
     seq: int,
-    kind: str,
-    payload: str,
+    kind: EventKind,
+    obj: Any,
     subject: str | None = None,
 ) -> None:
-    """Appends one event (payload: the SSE data object as JSON text) and rings the doorbell."""
-    await conn.execute(_APPEND, room_id, seq, kind, subject, payload)
+    """Appends one event about `obj` (its JSON-ready form) and rings the doorbell."""
+    await conn.execute(_APPEND, room_id, seq, kind, subject, envelope(kind, room_id, seq, obj))

@@ -17,8 +17,8 @@ from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DbEngine, connection
 from chat_api.core.errors import DATABASE_UNAVAILABLE, Problem, not_found, problem_responses
+from chat_api.core.paths import parse_room_id
 from chat_api.core.ratelimit import Action, RateLimitsDep
-from chat_api.core.wire import parse_room_id
 from chat_api.events.cursor import Cursor, MalformedCursor
 from chat_api.events.hub import END, Hub, ShuttingDown, Subscription, TooManyStreams
 from chat_api.events.reader import check_cursor, replay, reset_frame

@@ -17,15 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api.core.db import connection
 from chat_api.core.errors import Problem, not_found
-from chat_api.core.wire import room_lock_key
 from chat_api.events import log
+from chat_api.events.contract import EventKind, room_lock_key, sql_envelope
 from chat_api.events.log import NOTIFY_SQL
-
-
-def event_json(m: str, seq: str) -> str:
-    """SQL for the data object of an event about message row `m`, at room position `seq`."""
-    return f"""json_build_object('room_id', {m}.room_id, 'seq', {seq}, 'message', {m}.doc::json)"""
-
 
 # A send is one call of the database function chat_send() (migration 0003), on its own: it takes the
 # room lock, then the next seq (only if the sender is a member, the reply target exists and the
@@ -80,12 +74,19 @@ WITH room AS (
     UPDATE messages SET {{assignments}} WHERE room_id = $1 AND seq = $2 RETURNING *
 ), event AS (
     INSERT INTO events (room_id, seq, kind, payload)
-    SELECT m.room_id, room.last_seq, '{{kind}}', {event_json("m", "room.last_seq")} FROM message m, room
+    SELECT m.room_id, room.last_seq, '{{kind}}', {{envelope}} FROM message m, room
 )
 SELECT m.doc, {NOTIFY_SQL} FROM message m
 """
-_EDIT = _CHANGE.format(assignments="body = $3, edited_at = now()", kind="message.updated")
-_DELETE = _CHANGE.format(assignments="body = NULL, deleted = true", kind="message.deleted")
+
+
+def _change(assignments: str, kind: EventKind) -> str:
+    envelope = sql_envelope(kind, "m.room_id", "room.last_seq", "m.doc::json")
+    return _CHANGE.format(assignments=assignments, kind=kind, envelope=envelope)
+
+
+_EDIT = _change("body = $3, edited_at = now()", EventKind.MESSAGE_UPDATED)
+_DELETE = _change("body = NULL, deleted = true", EventKind.MESSAGE_DELETED)
 
 _MARK_READ = """
 UPDATE members SET last_read_seq = GREATEST(members.last_read_seq, LEAST($3, r.last_seq))

@@ -9,14 +9,12 @@ from fastapi import APIRouter, Path, Query, Response
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.db import DbEngine
 from chat_api.core.errors import problem_responses
+from chat_api.core.paths import RoomId
 from chat_api.core.ratelimit import Action, RateLimitsDep
-from chat_api.core.wire import parse_room_id
 from chat_api.rooms import service
 from chat_api.rooms.schemas import Member, NewRoom, RoomDetail, RoomPage, UserId
 
 router = APIRouter(prefix="/v1/rooms", tags=["rooms"], responses=problem_responses(401, 422, 431, 503))
-
-RoomIdPath = Annotated[str, Path(description="The room's opaque id.")]
 
 
 @router.post("", status_code=201, response_model=RoomDetail, responses=problem_responses(400, 413, 429))
@@ -40,9 +38,9 @@ async def list_rooms(
 
 
 @router.get("/{room_id}", response_model=RoomDetail, responses=problem_responses(404))
-async def get_room(room_id: RoomIdPath, user: CurrentUser, engine: DbEngine) -> RoomDetail:
+async def get_room(room_id: RoomId, user: CurrentUser, engine: DbEngine) -> RoomDetail:
     """One of your rooms, with its members."""
-    return await service.get_room(engine, parse_room_id(room_id), user)
+    return await service.get_room(engine, room_id, user)
 
 
 @router.put(
@@ -52,7 +50,7 @@ async def get_room(room_id: RoomIdPath, user: CurrentUser, engine: DbEngine) -> 
     responses={200: {"model": Member, "description": "Already a member"}, **problem_responses(403, 404, 429)},
 )
 async def add_member(
-    room_id: RoomIdPath,
+    room_id: RoomId,
     user_id: Annotated[UserId, Path()],
     user: CurrentUser,
     engine: DbEngine,
@@ -61,7 +59,7 @@ async def add_member(
 ) -> Member:
     """Add a member (owner only): 201 when added, 200 when already a member."""
     limits.check(Action.CHANGE_MEMBERS, user)
-    member, added = await service.add_member(engine, parse_room_id(room_id), user, user_id)
+    member, added = await service.add_member(engine, room_id, user, user_id)
     if not added:
         response.status_code = 200
     return member
@@ -69,7 +67,7 @@ async def add_member(
 
 @router.delete("/{room_id}/members/{user_id}", status_code=204, responses=problem_responses(403, 404, 429))
 async def remove_member(
-    room_id: RoomIdPath,
+    room_id: RoomId,
     user_id: Annotated[UserId, Path()],
     user: CurrentUser,
     engine: DbEngine,
@@ -80,5 +78,5 @@ async def remove_member(
 ) -> Response:
     """Remove a member (owner), or leave (yourself); `stay_out=true` refuses later adds."""
     limits.check(Action.CHANGE_MEMBERS, user)
-    await service.remove_member(engine, parse_room_id(room_id), user, user_id, stay_out=stay_out)
+    await service.remove_member(engine, room_id, user, user_id, stay_out=stay_out)
     return Response(status_code=204)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chat_api.core.db import connection
 from chat_api.core.errors import Problem, not_found
 from chat_api.events import log
+from chat_api.events.contract import EventKind
 from chat_api.events.cursor import Cursor
 from chat_api.rooms.schemas import Member, Room, RoomDetail, RoomPage
 
@@ -124,8 +125,7 @@ async def create_room(engine: AsyncEngine, creator: str, name: str, members: lis
             _INSERT_MEMBER, [(room_id, creator, "owner")] + [(room_id, m, "member") for m in others]
         )
         room = await _detail(conn, room_id, creator)
-        payload = orjson.dumps({"room_id": str(room_id), "seq": 1, "room": room.model_dump(mode="json")})
-        await log.append(conn, room_id, 1, "room.created", payload.decode())
+        await log.append(conn, room_id, 1, EventKind.ROOM_CREATED, room.model_dump(mode="json"))
     return room
 
 
@@ -153,7 +153,7 @@ async def add_member(
             raise Problem(403, "This user left the room and asked not to be added again.", kind="refused")
         await conn.execute(_INSERT_MEMBER, room_id, user_id, "member")
         member = Member(user_id=user_id, role="member", last_read_seq=0)
-        await _log_member_change(conn, room_id, "member.added", member)
+        await _log_member_change(conn, room_id, EventKind.MEMBER_ADDED, member)
         return member, True
 
 
@@ -176,11 +176,12 @@ async def remove_member(
             raise not_found("member")
         if stay_out:
             await conn.execute(_REFUSE, room_id, user_id)
-        await _log_member_change(conn, room_id, "member.removed", Member(**removed))
+        await _log_member_change(conn, room_id, EventKind.MEMBER_REMOVED, Member(**removed))
 
 
-async def _log_member_change(conn: asyncpg.Connection, room_id: uuid.UUID, kind: str, member: Member) -> None:
+async def _log_member_change(
+    conn: asyncpg.Connection, room_id: uuid.UUID, kind: EventKind, member: Member
+) -> None:
     """The room's next seq and the event about `member` (who sees it even once removed)."""
     seq = await log.next_seq(conn, room_id)
-    payload = orjson.dumps({"room_id": str(room_id), "seq": seq, "member": member.model_dump(mode="json")})
-    await log.append(conn, room_id, seq, kind, payload.decode(), subject=member.user_id)
+    await log.append(conn, room_id, seq, kind, member.model_dump(mode="json"), subject=member.user_id)
