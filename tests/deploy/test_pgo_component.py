@@ -19,10 +19,12 @@ import json
 import re
 import shutil
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import kubernetes_validate
 import pytest
 import regorus
@@ -30,6 +32,7 @@ import yaml
 from asyncpg import connect_utils
 
 from chat_api.core.dburl import parse_database_url
+from tests.conftest import with_database, with_user
 from tests.deploy.manifests import (
     DEPLOY,
     OVERLAYS,
@@ -59,6 +62,7 @@ from tests.deploy.test_secrets_and_roles import (
     tls_problems,
     workload_references_secret,
 )
+from tests.test_migrations import run_migrate
 
 KUBERNETES_VERSION = "1.34.0"
 COMPONENT = "../../components/pgo"
@@ -644,6 +648,54 @@ def test_a_pgo_uri_with_an_ascii_password_reaches_asyncpg_intact() -> None:
     assert "+" in uri and ";" in uri, "the encoding leaves some reserved characters as they are"
     assert urllib.parse.unquote_plus(urllib.parse.urlsplit(uri).password or "") != password
     assert asyncpg_password(parse_database_url(uri).dsn) == password
+
+
+# ---- pgo's SQL replayed on a real PostgreSQL --------------------------------------------------------
+
+
+async def test_pgo_users_then_the_init_sql_let_the_migration_run(
+    admin_url: str, pgo_rendered: dict[str, list[Obj]]
+) -> None:
+    """What pgo runs as postgres for these users (internal/postgres/databases.go and users.go:
+    CREATE DATABASE, CREATE USER, ALTER ROLE ... PASSWORD, GRANT ALL PRIVILEGES ON DATABASE to users
+    with databases only) leaves the database owned by postgres: since PostgreSQL 15 the owner user
+    may not create tables in schema public, and `chat-api migrate` fails. The component's init SQL
+    (made the owner) lets it migrate and grant the runtime role its rows."""
+    suffix = uuid.uuid4().hex[:8]
+    database, owner, runtime = f"pgo_chat_{suffix}", f"chatapi-{suffix}", f"chat-runtime-{suffix}"
+    cluster = one(pgo_rendered["prd"], "PostgresCluster", CLUSTER)
+    init = cluster["spec"]["databaseInitSQL"]
+    sql = one(pgo_rendered["prd"], "ConfigMap", init["name"])["data"][init["key"]]
+    statements = [line for line in sql.splitlines() if line and not line.startswith("\\")]
+    assert statements == [f"ALTER DATABASE chat OWNER TO {OWNER};"]
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+        for user in (owner, runtime):
+            await admin.execute(f'CREATE USER "{user}"')
+            await admin.execute(f"ALTER ROLE \"{user}\" WITH  PASSWORD 'pw'")
+        await admin.execute(f'GRANT ALL PRIVILEGES ON DATABASE "{database}" TO "{owner}"')
+        owner_url = with_user(with_database(admin_url, database), owner, "pw")
+
+        refused = run_migrate(owner_url, CHAT_API_DB_RUNTIME_ROLE=runtime)
+        assert refused.returncode != 0, refused.stdout
+        assert "permission denied for schema public" in refused.stdout, refused.stdout
+
+        await admin.execute(f'ALTER DATABASE "{database}" OWNER TO "{owner}"')
+        done = run_migrate(owner_url, CHAT_API_DB_RUNTIME_ROLE=runtime)
+        assert done.returncode == 0, done.stdout
+        server = await asyncpg.connect(with_user(with_database(admin_url, database), runtime, "pw"))
+        try:
+            assert await server.fetchval("SELECT count(*) FROM rooms") == 0
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await server.execute("CREATE TABLE intruder (id int)")
+        finally:
+            await server.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        for user in (owner, runtime):
+            await admin.execute(f'DROP ROLE IF EXISTS "{user}"')
+        await admin.close()
 
 
 # ---- docs -------------------------------------------------------------------------------------------
