@@ -346,6 +346,18 @@ def test_postgrescluster_sized_like_the_overlays_cnpg_cluster(
     assert sizing_problems(rendered[name], objs) == []
 
 
+def test_prds_database_is_never_deleted_or_pruned(
+    pgo_rendered: dict[str, list[Obj]], rendered: dict[str, list[Obj]]
+) -> None:
+    """prd's Delete=false,Prune=false reaches the PostgresCluster (copied with the annotations)."""
+    cluster = one(pgo_rendered["prd"], "PostgresCluster", CLUSTER)
+    assert annotations_of(cluster)["argocd.argoproj.io/sync-options"] == "Delete=false,Prune=false"
+    broken = copy.deepcopy(pgo_rendered["prd"])
+    one(broken, "PostgresCluster", CLUSTER)["metadata"]["annotations"].pop("argocd.argoproj.io/sync-options")
+    assert sizing_problems(rendered["prd"], pgo_rendered["prd"]) == []
+    assert sizing_problems(rendered["prd"], broken) != []
+
+
 def test_pods_and_network_policy_point_at_pgo(pgo_overlay: tuple[str, list[Obj]]) -> None:
     assert reference_problems(pgo_overlay[1]) == []
 
