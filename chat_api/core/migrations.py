@@ -211,6 +211,13 @@ async def _migrate_locked(connection: AsyncConnection, target: str | None, runti
         if runtime_role is not None:
             await connection.run_sync(grant_runtime_role, runtime_role)
         return done
+    except BaseException:
+        # A failed statement leaves the transaction aborted: without a rollback the unlock below
+        # fails too ("current transaction is aborted") and its error replaces the real one (e.g.
+        # "permission denied for schema public") in the Job's log. The lock is a session lock: the
+        # rollback keeps it for the unlock.
+        await connection.rollback()
+        raise
     finally:
         await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
         await connection.commit()

@@ -57,12 +57,23 @@ deny contains msg if {
 	msg := sprintf("[jwt-key-from-file] %s: container %q reads secret chat-api-jwt into %s; mount it as a file instead", [object_name, c.name, e.name])
 }
 
-# CloudNativePG names the owner's (the application database owner's) secret <cluster>-app. The
-# server connects as a runtime role without DDL rights; only the migration Job uses the owner.
+# CloudNativePG names the owner's (the application database owner's) secret <cluster>-app; pgo
+# names every user's secret <cluster>-pguser-<user>, so there the owner is known by its role name
+# (owner_roles: change it with the PostgresCluster's users). The server connects as a runtime role
+# without DDL rights; only the migration Job uses the owner.
+owner_roles := {"chatapi"}
+
+owner_secret(name) if endswith(name, "-app")
+
+owner_secret(name) if {
+	some role in owner_roles
+	endswith(name, concat("", ["-pguser-", role]))
+}
+
 deny contains msg if {
 	input.kind == "Deployment"
 	some name in referenced_secrets
-	endswith(name, "-app")
+	owner_secret(name)
 	msg := sprintf("[server-no-owner-secret] %s: the server pod references %q, the database owner's secret; connect as the runtime role", [object_name, name])
 }
 

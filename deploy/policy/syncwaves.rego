@@ -1,5 +1,6 @@
 # ArgoCD order inside the Application: SealedSecrets (wave 2: the JWT key, the runtime role's
-# password) are decrypted before the CNPG Cluster (wave 3), which is healthy before the migration Job
+# password) are decrypted before the database (wave 3: the CNPG Cluster, or pgo's PostgresCluster with
+# components/pgo), which is healthy before the migration Job
 # (a Sync hook in wave 4: PreSync would run before the Cluster exists on a first install), and the
 # schema is migrated before the Deployment (wave 5) rolls out.
 package main
@@ -22,9 +23,18 @@ deny contains msg if {
 	msg := sprintf("[wave-sealed-secret] %s: sync-wave must be \"2\" (got %q), before the Cluster, the migration and the server", [object_name, sync_wave])
 }
 
-deny contains msg if {
+is_database_cluster if {
 	input.kind == "Cluster"
 	startswith(input.apiVersion, "postgresql.cnpg.io/")
+}
+
+is_database_cluster if {
+	input.kind == "PostgresCluster"
+	startswith(input.apiVersion, "postgres-operator.crunchydata.com/")
+}
+
+deny contains msg if {
+	is_database_cluster
 	sync_wave != "3"
 	msg := sprintf("[wave-database] %s: sync-wave must be \"3\" (got %q)", [object_name, sync_wave])
 }

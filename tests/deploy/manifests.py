@@ -40,6 +40,10 @@ CRD_FILES = {
         "ImageUpdater",
     ): "argocd-image-updater.argoproj.io_imageupdaters.yaml",
     ("bitnami.com", "SealedSecret"): "bitnami.com_sealedsecrets.yaml",
+    (
+        "postgres-operator.crunchydata.com",
+        "PostgresCluster",
+    ): "postgres-operator.crunchydata.com_postgresclusters.yaml",
 }
 
 # What deploy/seal-secrets.sh replaces: valid base64 whose first two bytes announce an RSA block that

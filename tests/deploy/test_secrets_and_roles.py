@@ -245,7 +245,8 @@ def owner_secret_problems(objs: list[Obj]) -> Problems:
     return []
 
 
-def tls_problems(objs: list[Obj]) -> Problems:
+def tls_problems(objs: list[Obj], ca_secret: str = CA_SECRET) -> Problems:
+    """`ca_secret`: the operator's CA secret (CNPG's here; pgo's in test_pgo_component.py)."""
     problems = []
     for workload in (one(objs, "Deployment"), one(objs, "Job")):
         env = env_map(main_container(workload))
@@ -254,7 +255,7 @@ def tls_problems(objs: list[Obj]) -> Problems:
         if env.get("PGSSLROOTCERT", {}).get("value") != CA_FILE:
             problems.append(f"{workload['kind']}: PGSSLROOTCERT is not {CA_FILE}")
         problems += [
-            f"{workload['kind']}: {p}" for p in mounted_file_problems(workload, CA_SECRET, "ca.crt", CA_FILE)
+            f"{workload['kind']}: {p}" for p in mounted_file_problems(workload, ca_secret, "ca.crt", CA_FILE)
         ]
         url = env.get("DATABASE_URL", {}).get("value", "")
         if "sslmode" in url or "sslrootcert" in url:
