@@ -16,7 +16,7 @@ from chat_api.auth.tokens import TokenVerifier
 from chat_api.core.access import AccessLog
 from chat_api.core.bodylimit import BodySizeLimit
 from chat_api.core.config import Settings
-from chat_api.core.db import new_engine
+from chat_api.core.db import Database
 from chat_api.core.errors import install_problem_handlers, serve_problems_in_openapi
 from chat_api.core.nostore import NoStore
 from chat_api.core.ratelimit import RateLimits
@@ -47,9 +47,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     draining: asyncio.Event = app.state.draining
     telemetry: Telemetry = app.state.telemetry
     telemetry.start()
-    engine = app.state.engine = new_engine(settings)
-    hub = app.state.hub = Hub(settings, engine, telemetry.tracer)
-    app.state.metrics = Metrics(telemetry.meter, lambda: hub.open_streams, lambda: hub.delivered, engine.pool)
+    database = app.state.database = Database(settings)
+    await database.open()
+    hub = app.state.hub = Hub(settings, database, telemetry.tracer)
+    app.state.metrics = Metrics(
+        telemetry.meter, lambda: hub.open_streams, lambda: hub.delivered, database.connections
+    )
     hub.start()
 
     async def end_streams_when_draining() -> None:
@@ -58,7 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     background = [asyncio.create_task(end_streams_when_draining(), name="chat-api drain watcher")]
     if settings.event_prune_interval_seconds:
-        background.append(asyncio.create_task(prune_periodically(settings, engine), name="chat-api pruner"))
+        background.append(asyncio.create_task(prune_periodically(settings, database), name="chat-api pruner"))
     log.info("chat-api %s started; database %s", chat_api.__version__, settings.database_target().redacted)
     try:
         yield
@@ -68,7 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await hub.close()
-        await engine.dispose()
+        await database.close()
         log.info("chat-api stopped")
         telemetry.shutdown()
 

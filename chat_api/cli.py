@@ -40,7 +40,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from chat_api.core.db import new_engine
+    from chat_api.core.db import Database
     from chat_api.events.reader import prune
 
     settings = load_settings()
@@ -48,11 +48,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     configure_logging(settings)
 
     async def run() -> int:
-        engine = new_engine(settings)
+        db = Database(settings)
+        await db.open()
         try:
-            return await prune(engine, settings.event_retention_seconds)
+            return await prune(db, settings.event_retention_seconds)
         finally:
-            await engine.dispose()
+            await db.close()
 
     deleted = asyncio.run(run())
     log.info("pruned %d events older than %d s", deleted, settings.event_retention_seconds)

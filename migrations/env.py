@@ -14,8 +14,8 @@ from sqlalchemy import Connection, text
 import chat_api.events.models
 import chat_api.messages.models
 import chat_api.rooms.models  # noqa: F401 - registers the tables on Base.metadata
-from chat_api.core.db import Base
 from chat_api.core.migrations import include_name, prepare_history, record_step
+from chat_api.core.schema import Base
 
 target_metadata = Base.metadata
 
@@ -43,7 +43,7 @@ async def run_standalone() -> None:
     # Plain `alembic` from a checkout (revision --autogenerate, history, ...); upgrades belong to
     # `chat-api migrate`, which also takes the advisory lock and grants the runtime role.
     from chat_api.core.config import load_settings
-    from chat_api.core.db import new_engine
+    from chat_api.core.migrations import new_engine
 
     engine = new_engine(load_settings())
     try:

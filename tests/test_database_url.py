@@ -16,13 +16,10 @@ import asyncpg
 import httpx
 import pytest
 from asyncpg import connect_utils
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api.auth.tokens import mint_token
 from chat_api.core.config import ConfigError, Settings
-from chat_api.core.db import new_engine
+from chat_api.core.db import Database, DatabaseUnavailable
 from chat_api.core.dburl import SSL_MODES, DatabaseUrlError, parse_database_url
 from chat_api.core.migrations import migrate
 from tests.conftest import TEST_SECRET, make_settings, serve
@@ -31,6 +28,7 @@ from tests.secretvolume import SecretVolume
 from tests.sse import open_stream
 
 # What CloudNativePG may generate: every character that has a meaning in a URI.
+WrongPassword = asyncpg.exceptions.InvalidPasswordError
 PASSWORD = "p@ss:w/rd%41?#x"
 ENCODED = urllib.parse.quote(PASSWORD, safe="")  # p%40ss%3Aw%2Frd%2541%3F%23x
 CNPG = f"postgresql://chatapi:{ENCODED}@chat-db-cnpg-rw.product-team:5432/chat"
@@ -200,13 +198,18 @@ async def admin(cluster: ThrowawayCluster) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def scalar(settings: Settings, sql: str) -> Any:
-    """One query on a new engine (so on a new connection)."""
-    engine = new_engine(settings)
+    """One query on a new pool (so on a new connection)."""
+    db = await opened(Database(settings))
     try:
-        async with engine.connect() as conn:
-            return (await conn.execute(text(sql))).scalar_one()
+        async with db.connection() as conn:
+            return await conn.fetchval(sql)
     finally:
-        await engine.dispose()
+        await db.close()
+
+
+async def opened(db: Database) -> Database:
+    await db.open()
+    return db
 
 
 async def test_cnpg_style_uri_connects(cluster: ThrowawayCluster, admin: asyncpg.Connection) -> None:
@@ -218,7 +221,9 @@ async def test_cnpg_style_uri_connects(cluster: ThrowawayCluster, admin: asyncpg
 
 async def test_wrong_password_fails(cluster: ThrowawayCluster, admin: asyncpg.Connection) -> None:
     wrong = PASSWORD + "-wrong"
-    with pytest.raises(DBAPIError, match="password authentication failed") as caught:
+    with pytest.raises(
+        asyncpg.exceptions.InvalidPasswordError, match="password authentication failed"
+    ) as caught:
         await scalar(make_settings(cluster.url("chatapi", wrong, "chat")), "SELECT 1")
     assert wrong not in str(caught.value) and urllib.parse.quote(wrong, safe="") not in str(caught.value)
 
@@ -274,8 +279,11 @@ async def test_ssl_verify_with_an_untrusted_ca_fails(
     other_ca = tmp_path / "other-ca.crt"
     other_ca.write_bytes(ca_pem("some other CA"))
     url = cluster.url("chatapi", PASSWORD, "chat", host="localhost", sslmode=mode, sslrootcert=str(other_ca))
-    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+    # The service's pool reports it as the database being unavailable (a 503), caused by the check.
+    with pytest.raises(DatabaseUnavailable) as caught:
         await scalar(make_settings(url), "SELECT 1")
+    assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError), caught.value.__cause__
+    assert "certificate verify failed" in str(caught.value.__cause__)
 
 
 # -- password rotation with DATABASE_URL_FILE ------------------------------------------------------------
@@ -288,9 +296,9 @@ def replace_file(path: Path, content: str) -> None:
     os.replace(tmp, path)
 
 
-async def current_user(engine: AsyncEngine) -> str:
-    async with engine.connect() as conn:
-        return str((await conn.execute(text("SELECT current_user"))).scalar_one())
+async def current_user(db: Database) -> str:
+    async with db.connection() as conn:
+        return str(await conn.fetchval("SELECT current_user"))
 
 
 async def test_rotated_password_in_the_file_is_used_for_new_connections(
@@ -302,29 +310,33 @@ async def test_rotated_password_in_the_file_is_used_for_new_connections(
     secret = tmp_path / "database-url"
     replace_file(secret, cluster.url(role, old, "chat"))
     pool = {"db_pool_size": 1, "db_pool_max_overflow": 1}  # a second connection is always a new one
-    from_file = new_engine(make_settings(None, database_url_file=secret, **pool))  # type: ignore[arg-type]
-    from_env = new_engine(make_settings(cluster.url(role, old, "chat"), **pool))
+    from_file = await opened(Database(make_settings(None, database_url_file=secret, **pool)))  # type: ignore[arg-type]
+    from_env = await opened(Database(make_settings(cluster.url(role, old, "chat"), **pool)))
     try:
-        async with from_file.connect() as held_file, from_env.connect() as held_env:
+        async with from_file.connection() as held_file, from_env.connection() as held_env:
             for held in (held_file, held_env):
-                assert (await held.execute(text("SELECT current_user"))).scalar_one() == role
+                assert await held.fetchval("SELECT current_user") == role
 
             await admin.execute(f"ALTER ROLE {role} PASSWORD {sql_literal(new)}")
             # The file still holds the old password: a new connection fails...
-            with pytest.raises(DBAPIError, match="password authentication failed"):
+            with pytest.raises(
+                asyncpg.exceptions.InvalidPasswordError, match="password authentication failed"
+            ):
                 await current_user(from_file)
             # ...until the secret is rewritten; then the same engine connects with the new one.
             replace_file(secret, cluster.url(role, new, "chat"))
             assert await current_user(from_file) == role
             # DATABASE_URL is fixed at startup: the old password keeps failing (the file really is re-read).
-            with pytest.raises(DBAPIError, match="password authentication failed"):
+            with pytest.raises(
+                asyncpg.exceptions.InvalidPasswordError, match="password authentication failed"
+            ):
                 await current_user(from_env)
             # Connections opened before the rotation are not affected.
             for held in (held_file, held_env):
-                assert (await held.execute(text("SELECT 1"))).scalar_one() == 1
+                assert await held.fetchval("SELECT 1") == 1
     finally:
-        await from_file.dispose()
-        await from_env.dispose()
+        await from_file.close()
+        await from_env.close()
         await admin.execute(f"DROP ROLE {role}")
 
 
@@ -432,14 +444,16 @@ async def test_password_file_is_read_for_every_new_connection(
     # The URI's password is wrong: the file's is the one that counts.
     url = cluster.url(rotating_role, "not-the-password", "chat")
     pool = {"db_pool_size": 1, "db_pool_max_overflow": 1}  # a second connection is always a new one
-    engine = new_engine(make_settings(url, db_password_file=volume.path("password"), **pool))
+    engine = await opened(Database(make_settings(url, db_password_file=volume.path("password"), **pool)))
     try:
-        async with engine.connect() as held:
-            assert (await held.execute(text("SELECT current_user"))).scalar_one() == rotating_role
+        async with engine.connection() as held:
+            assert await held.fetchval("SELECT current_user") == rotating_role
 
             await admin.execute(f"ALTER ROLE {rotating_role} PASSWORD {sql_literal(NEW_PASSWORD)}")
             # The file still holds the old password: a new connection fails, without saying it...
-            with pytest.raises(DBAPIError, match="password authentication failed") as caught:
+            with pytest.raises(
+                asyncpg.exceptions.InvalidPasswordError, match="password authentication failed"
+            ) as caught:
                 await current_user(engine)
             for secret in (OLD_PASSWORD, NEW_PASSWORD, "not-the-password"):
                 assert secret not in str(caught.value)
@@ -447,9 +461,9 @@ async def test_password_file_is_read_for_every_new_connection(
             volume.write(password=NEW_PASSWORD + "\n")
             assert await current_user(engine) == rotating_role
             # The connection opened before the rotation is not affected.
-            assert (await held.execute(text("SELECT 1"))).scalar_one() == 1
+            assert await held.fetchval("SELECT 1") == 1
     finally:
-        await engine.dispose()
+        await engine.close()
 
 
 PG_SSL_CASES = [
@@ -496,8 +510,10 @@ async def test_pgsslmode_and_pgsslrootcert_reach_the_connection(
     if isinstance(expected, bool):
         assert await scalar(settings, sql) is expected
     else:
-        with pytest.raises(expected, match="certificate verify failed"):
+        with pytest.raises(DatabaseUnavailable) as caught:
             await scalar(settings, sql)
+        assert isinstance(caught.value.__cause__, expected), caught.value.__cause__
+        assert "certificate verify failed" in str(caught.value.__cause__)
 
 
 async def role_backends(admin: asyncpg.Connection, role: str) -> list[asyncpg.Record]:

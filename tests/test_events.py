@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from chat_api.core.config import Settings
-from chat_api.core.db import new_engine
+from chat_api.core.db import Database
 from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, Subscription
 from chat_api.events.reader import prune
@@ -275,11 +275,12 @@ async def test_cursor_older_than_the_retained_log_gets_reset(
         )
     finally:
         await db.close()
-    engine = new_engine(settings)
+    db = Database(settings)
+    await db.open()
     try:
-        assert await prune(engine, settings.event_retention_seconds)
+        assert await prune(db, settings.event_retention_seconds)
     finally:
-        await engine.dispose()
+        await db.close()
     async with open_stream(server.url, alice.token, last_event_id=old_cursor) as stream:
         reset = (await stream.wait_for(1, "reset"))[0]
         after = (await alice.send(room["id"], "after reset")).json()
@@ -294,11 +295,12 @@ async def test_pruning_keeps_recent_events(settings: Settings, alice: User, serv
     room = await alice.create_room()
     cursor = (await alice.http.get("/v1/rooms")).json()["stream_cursor"]
     await alice.send(room["id"], "recent")
-    engine = new_engine(settings)
+    db = Database(settings)
+    await db.open()
     try:
-        await prune(engine, settings.event_retention_seconds)
+        await prune(db, settings.event_retention_seconds)
     finally:
-        await engine.dispose()
+        await db.close()
     async with open_stream(server.url, alice.token, last_event_id=cursor) as stream:
         frame = (await stream.wait_for(1, "message.created"))[0]
     assert frame.data["message"]["body"] == "recent" and not stream.of("reset")

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 
-from chat_api.core.db import SCHEMA_REVISION
 from chat_api.core.migrations import migrate
+from chat_api.core.schema import SCHEMA_REVISION
 from tests.conftest import (
     RunningServer,
     ServerFactory,

@@ -25,14 +25,15 @@ from sqlalchemy import Connection, text
 import chat_api.events.models
 import chat_api.messages.models
 import chat_api.rooms.models  # noqa: F401 - registers the tables on Base.metadata
-from chat_api.core.db import SCHEMA_REVISION, Base, new_engine
 from chat_api.core.migrations import (
     MIGRATION_LOCK_KEY,
     alembic_config,
     head_revision,
     include_name,
     migrate,
+    new_engine,
 )
+from chat_api.core.schema import SCHEMA_REVISION, Base
 from chat_api.messages.schemas import Message
 from tests.conftest import make_settings, with_database, with_user
 

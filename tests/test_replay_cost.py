@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from chat_api.core.db import new_engine
+from chat_api.core.db import Database
 from chat_api.core.migrations import migrate
 from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, Subscription
@@ -154,12 +154,13 @@ async def test_a_replay_stops_when_the_client_is_gone(admin_url: str) -> None:
             )
         finally:
             await db.close()
-        engine = new_engine(make_settings(url))
+        db = Database(make_settings(url))
+        await db.open()
         try:
 
             async def frames(leave_after_first_batch: bool) -> int:
                 subscription = Subscription(USER, None, 10)
-                stream = _stream(engine, subscription, USER, None, Cursor(0, 0), None, Cursor(0, 0))
+                stream = _stream(db, subscription, USER, None, Cursor(0, 0), None, Cursor(0, 0))
                 count = 0
                 async for chunk in stream:
                     count += chunk.count(b"\nevent: ")
@@ -172,4 +173,4 @@ async def test_a_replay_stops_when_the_client_is_gone(admin_url: str) -> None:
             assert await frames(leave_after_first_batch=False) == 3 * REPLAY_BATCH
             assert await frames(leave_after_first_batch=True) == REPLAY_BATCH
         finally:
-            await engine.dispose()
+            await db.close()

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import Request
-from sqlalchemy import text
 
 import chat_api
 from chat_api.app import create_app
@@ -136,8 +135,8 @@ async def test_a_database_error_exports_no_parameter_values(
 
     @app.get("/v1/boom")
     async def boom(request: Request) -> None:
-        async with request.app.state.engine.connect() as conn:
-            await conn.execute(text("SELECT length(CAST(:body AS text)) / 0"), {"body": marker})
+        async with request.app.state.database.connection() as conn:
+            await conn.execute("SELECT length(CAST($1 AS text)) / 0", marker)
 
     async with serve(settings, app) as running, httpx.AsyncClient(base_url=running.url) as client:
         assert (await client.get("/v1/boom")).status_code == 500

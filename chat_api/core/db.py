@@ -1,152 +1,187 @@
-"""The database: SQLAlchemy's async engine owns the schema (models, Alembic) and the connection pool
-(connected the way the settings say); queries are hand-written SQL run on the pooled asyncpg
-connection, because SQLAlchemy's per-statement machinery costs more than the statement itself on
-the hot paths (see bench/ and the README's Performance section)."""
+"""The database: one `Database` per process owns an asyncpg pool, connected the way the settings say
+(the URL and password files re-read for every new connection, TLS, the statement cache off behind
+PgBouncer). Services take a `Database` and run hand-written SQL on its connections; this module is
+also where driver errors that mean "the database is gone" become `DatabaseUnavailable` (a 503).
+
+A `connection()` block has one deadline, CHAT_API_DB_TIMEOUT, from asking for a connection to giving
+it back: waiting for the pool, connecting and the statements share it, and at the deadline the
+connection is cut (a statement in flight fails at once, and so does anything after it), instead of
+waiting as long again for asyncpg's cancel on a hung server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, MetaData, event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.pool import QueuePool
 
 from chat_api.core.config import Settings
-
-# Constraint names are part of the schema that migrations refer to: keep them predictable.
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-# The newest migration (migrations/versions), which this code needs: /readyz is not ready until the
-# database is at it. Kept here rather than asked of Alembic, whose import would slow start-up;
-# tests/test_migrations.py checks that it is Alembic's head.
-SCHEMA_REVISION = "0006"
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012 - SQLAlchemy's own hook
-
 
 # Every connection speaks UTC (a startup parameter PgBouncer passes on). The limit on sessions idle
 # inside a transaction, which would hold back the event stream's horizon (see events/log.py), is a
 # database default set by migration 0002: PgBouncer refuses it as a startup parameter.
 SERVER_SETTINGS = {"TimeZone": "UTC"}
+# Idle pooled connections are closed after this; the pool connects again when it needs one.
+IDLE_CONNECTION_SECONDS = 300.0
+CLOSE_SECONDS = 5.0
 
 
-def connect_args(settings: Settings) -> dict[str, Any]:
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached in time, or went away under the request (restart, crash,
+    shutdown, a broken connection): the request may be retried. Answered 503 (core/errors.py)."""
+
+
+# Driver errors that mean the database, not the request, is the problem: the connection broke
+# (class 08), the server is shutting down, crashed or still starting (57P01-57P03), a FATAL reached
+# an idle connection and left its protocol mid-message (InternalClientError), the network failed, or
+# the deadline passed.
+_UNAVAILABLE = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InternalClientError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    # "connection is closed", "...: the underlying connection is closed": the connection broke (or
+    # was cut at the deadline) under the request. Any other InterfaceError is a bug.
+    return isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc)
+
+
+def connect_options(settings: Settings) -> dict[str, Any]:
     """asyncpg connect() arguments that do not depend on where we connect."""
-    args: dict[str, Any] = {
+    options: dict[str, Any] = {
         "server_settings": dict(SERVER_SETTINGS),
         "command_timeout": settings.db_timeout,
-        # Connecting is bounded too (asyncpg waits 60 s by default, e.g. for a database that hangs);
-        # a connect_timeout in the URL wins (it is applied per connection, after these).
+        # Connecting is bounded too (asyncpg waits 60 s by default); a connect_timeout in the URL wins.
         "timeout": settings.db_timeout,
     }
     if not settings.db_statement_cache:
         # Behind PgBouncer in transaction mode a prepared statement may land on another server
-        # connection: no cache, and a unique name for each statement (SQLAlchemy asyncpg docs).
-        args["statement_cache_size"] = 0
-        args["prepared_statement_cache_size"] = 0
-        args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4()}__"
-    return args
+        # connection: without a cache asyncpg prepares each statement unnamed, in its own round trip.
+        options["statement_cache_size"] = 0
+    return options
 
 
-def new_engine(settings: Settings) -> AsyncEngine:
-    settings.require_database()
-    engine = create_async_engine(
-        "postgresql+asyncpg://",
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_max_overflow,
-        pool_timeout=settings.db_timeout,
-        pool_pre_ping=False,
-        pool_recycle=1800,
-        # Errors must not carry statement parameters (message bodies) into logs and telemetry.
-        hide_parameters=True,
-        connect_args=connect_args(settings),
+async def connect(settings: Settings, **extra: Any) -> asyncpg.Connection:
+    """One connection where the settings say now (files re-read: a rotated password is used)."""
+    return await asyncpg.connect(
+        **{**connect_options(settings), **settings.database_target().connect_kwargs(), **extra}
     )
 
-    @event.listens_for(engine.sync_engine, "do_connect")
-    def _target_per_connection(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-        # Read where to connect for every new connection: with DATABASE_URL_FILE a rotated password
-        # (CloudNativePG rewrites the mounted secret) is used without a restart.
-        cparams.update(settings.database_target().connect_kwargs())
 
-    return engine
+async def _reset(connection: asyncpg.Connection) -> None:
+    # Instead of asyncpg's default reset on every release (a round trip running RESET ALL, UNLISTEN,
+    # CLOSE ALL, unlocking advisory locks): the service leaves no session state behind, so only a
+    # transaction left open by an error has to go.
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    # A connection cut at its deadline has already gone back to the pool, which dropped it.
+    with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+        conn.terminate()
+
+
+class Database:
+    """The process's connection pool. `open()` in the lifespan (it connects to nothing yet: start-up
+    never waits for the database), `close()` at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.require_database()
+        self.settings = settings
+        self.timeout = settings.db_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            min_size=0,
+            max_size=self.settings.db_pool_size + self.settings.db_pool_max_overflow,
+            max_inactive_connection_lifetime=IDLE_CONNECTION_SECONDS,
+            connect=self._connect,
+            reset=_reset,
+        )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_SECONDS)
+            except TimeoutError:
+                pool.terminate()
+
+    async def _connect(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
+        # The pool's connect hook: where to connect is read for every new connection.
+        return await connect(
+            self.settings, connection_class=kwargs["connection_class"], record_class=kwargs["record_class"]
+        )
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the database is not open")
+        return self._pool
+
+    def connections(self) -> tuple[int, int]:
+        """(in use, idle) connections of the pool, for the metrics."""
+        if self._pool is None:
+            return 0, 0
+        idle = self._pool.get_idle_size()
+        return self._pool.get_size() - idle, idle
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection. Run statements with `$n` parameters; a block that must be atomic uses
+        `transaction()` (or `async with conn.transaction():`). Raises DatabaseUnavailable."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                conn = await self.pool.acquire()
+        except BaseException as exc:
+            if _unavailable(exc):
+                raise DatabaseUnavailable(type(exc).__name__) from exc
+            raise
+        cut = loop.call_at(deadline, _terminate, conn)
+        try:
+            yield conn
+        except BaseException as exc:
+            if _unavailable(exc):
+                _terminate(conn)  # no goodbye on a broken connection: the pool drops it
+                raise DatabaseUnavailable(type(exc).__name__) from exc
+            raise
+        finally:
+            try:
+                # Still under the deadline: a ROLLBACK on a hung server is cut too.
+                await self.pool.release(conn)
+            finally:
+                cut.cancel()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection inside a transaction, committed when the block ends (rolled back on
+        an error)."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
 
 
 # async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.
-async def _engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
+async def _database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
 
 
-DbEngine = Annotated[AsyncEngine, Depends(_engine)]
-
-
-# Failures that mean the connection itself is unusable: it must not go back to the pool.
-CONNECTION_LOST = (
-    asyncpg.exceptions.PostgresConnectionError,  # class 08, e.g. ConnectionDoesNotExistError
-    # The server ends the session: shutdown, crash restart, not accepting connections yet.
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InterfaceError,
-    # The protocol is stuck mid-message, e.g. a FATAL that arrived while the connection was idle.
-    asyncpg.exceptions.InternalClientError,
-    ConnectionError,
-    TimeoutError,
-)
-
-
-@asynccontextmanager
-async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection as the asyncpg connection. Run statements with `$n` parameters and
-    explicit `async with conn.transaction():` blocks; a connection that broke meanwhile is dropped
-    from the pool instead of being handed out again."""
-    # One deadline for the database work of a `connection()` block, from asking for a connection to
-    # giving it back: CHAT_API_DB_TIMEOUT (the pool's timeout). Waiting for the pool, connecting and
-    # replacing dead connections share it (else a wait for the pool could be followed by a connect
-    # timeout), and the statements get what is left (see `cut`).
-    loop = asyncio.get_running_loop()
-    timeout = engine.pool.timeout() if isinstance(engine.pool, QueuePool) else None
-    deadline = None if timeout is None else loop.time() + timeout
-    async with contextlib.AsyncExitStack() as stack:
-        async with asyncio.timeout_at(deadline):
-            pooled = await stack.enter_async_context(engine.connect())
-            # Just checked out, so the driver connection is there: read it directly rather than by
-            # SQLAlchemy's awaitable accessor, a greenlet switch on every request.
-            raw = pooled.sync_connection.connection.driver_connection  # type: ignore[union-attr]  # started
-            # A database restart closes every pooled connection at once: drop each dead one (the
-            # pool connects afresh in its place) until a live one comes, not just the first.
-            while raw is None or raw.is_closed():
-                await pooled.invalidate()
-                raw = (await pooled.get_raw_connection()).driver_connection
-        # At the deadline the connection is cut: a statement in flight fails at once, and so does the
-        # ROLLBACK after it, which on a hung server would wait as long again for asyncpg's cancel.
-        cut = None if deadline is None else loop.call_at(deadline, raw.terminate)
-        try:
-            yield raw
-        except CONNECTION_LOST:
-            # No goodbye on a broken connection: SQLAlchemy would wait up to 2 s for a hung server.
-            raw.terminate()
-            await pooled.invalidate()
-            raise
-        finally:
-            if cut is not None:
-                cut.cancel()
+DatabaseDep = Annotated[Database, Depends(_database)]

@@ -6,14 +6,14 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-import asyncpg
 import orjson
-import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+
+from chat_api.core.db import DatabaseUnavailable
 
 log = logging.getLogger("chat_api.errors")
 
@@ -149,55 +149,13 @@ async def _validation(request: Request, exc: Exception) -> Response:
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
     # The database is down, restarting or overloaded: the client may retry (idempotently for sends).
-    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     return problem_response(
         503,
         "The database is unavailable; retry shortly.",
         kind="database-unavailable",
         headers={"Retry-After": "1"},
     )
-
-
-# Raised by statements on the pooled asyncpg connection itself (see core/db.py), or wrapped by
-# SQLAlchemy when connecting: the connection broke (class 08), the server is shutting down, crashed
-# or still starting up (57P01-57P03), or a FATAL reached an idle pooled connection and left its
-# protocol mid-message (InternalClientError). The database is gone, not the request wrong.
-ASYNCPG_UNAVAILABLE = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InternalClientError,
-)
-
-DATABASE_UNAVAILABLE = (
-    sqlalchemy.exc.TimeoutError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    ConnectionError,
-    TimeoutError,
-    *ASYNCPG_UNAVAILABLE,
-)
-
-
-def _database_lost(exc: BaseException | None) -> bool:
-    """asyncpg's InterfaceError for a connection that broke under the request ("connection is
-    closed", "...: the underlying connection is closed"), or an error caused by one of
-    ASYNCPG_UNAVAILABLE (SQLAlchemy's generic DBAPIError for "the database system is starting up"
-    while connecting). Any other InterfaceError or DBAPIError is a bug: 500."""
-    while exc is not None:
-        if isinstance(exc, ASYNCPG_UNAVAILABLE):
-            return True
-        if isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc):
-            return True
-        exc = exc.__cause__
-    return False
-
-
-async def _database_unavailable_or_unexpected(request: Request, exc: Exception) -> Response:
-    if _database_lost(exc):
-        return await _database_unavailable(request, exc)
-    return await _unexpected(request, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -209,8 +167,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation)
-    for exc_type in DATABASE_UNAVAILABLE:
-        app.add_exception_handler(exc_type, _database_unavailable)
-    for exc_type in (asyncpg.exceptions.InterfaceError, sqlalchemy.exc.DBAPIError):
-        app.add_exception_handler(exc_type, _database_unavailable_or_unexpected)
+    app.add_exception_handler(DatabaseUnavailable, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -21,12 +21,13 @@ from alembic.config import Config
 from alembic.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from alembic.script.revision import ResolutionError
-from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 import chat_api
 from chat_api.core.config import Settings
-from chat_api.core.db import new_engine
+from chat_api.core.db import connect_options
 
 log = logging.getLogger("chat_api.migrations")
 
@@ -59,6 +60,25 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
 
 class MigrationError(Exception):
     """`chat-api migrate` cannot go on; the message is one line for the operator."""
+
+
+def new_engine(settings: Settings) -> AsyncEngine:
+    """A SQLAlchemy engine for Alembic (migrations and schema comparisons only: the service itself
+    runs on core/db.py's pool), connected the way the settings say, one connection at a time."""
+    settings.require_database()
+    engine = create_async_engine(
+        "postgresql+asyncpg://",
+        poolclass=NullPool,
+        # Errors must not carry statement parameters into logs.
+        hide_parameters=True,
+        connect_args=connect_options(settings),
+    )
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _target_per_connection(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams.update(settings.database_target().connect_kwargs())
+
+    return engine
 
 
 def migrations_dir() -> Path:

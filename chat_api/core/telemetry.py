@@ -93,7 +93,11 @@ class Metrics:
     """The service's own instruments (request durations come from FastAPI's telemetry)."""
 
     def __init__(
-        self, meter: Meter, open_streams: Callable[[], int], delivered: Callable[[], int], pool: Any
+        self,
+        meter: Meter,
+        open_streams: Callable[[], int],
+        delivered: Callable[[], int],
+        connections: Callable[[], tuple[int, int]],
     ) -> None:
         self.messages_sent = meter.create_counter(
             "chat.messages.sent", unit="{message}", description="Messages created (replays not counted)."
@@ -114,8 +118,8 @@ class Metrics:
             "db.client.connection.count",
             callbacks=[
                 lambda _: [
-                    Observation(pool.checkedout(), {"db.client.connection.state": "used"}),
-                    Observation(pool.checkedin(), {"db.client.connection.state": "idle"}),
+                    Observation(count, {"db.client.connection.state": state})
+                    for count, state in zip(connections(), ("used", "idle"), strict=True)
                 ]
             ],
             unit="{connection}",

@@ -18,10 +18,9 @@ from typing import Any
 import asyncpg
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import NoOpTracer, Tracer
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_api.core.config import Settings
-from chat_api.core.db import SERVER_SETTINGS, connection
+from chat_api.core.db import SERVER_SETTINGS, Database
 from chat_api.events.contract import NOTIFY_CHANNEL, EventKind, joined_by_room_created
 from chat_api.events.cursor import Cursor
 from chat_api.events.reader import EVENT_COLUMNS, HORIZON_SQL, Event
@@ -112,9 +111,9 @@ class ShuttingDown(Exception):
 
 
 class Hub:
-    def __init__(self, settings: Settings, engine: AsyncEngine, tracer: Tracer | None = None) -> None:
+    def __init__(self, settings: Settings, db: Database, tracer: Tracer | None = None) -> None:
         self.settings = settings
-        self.engine = engine
+        self.db = db
         self.tracer = tracer or NoOpTracer()
         self.head = Cursor(0, 0)  # the last position read from the log
         self.ready = asyncio.Event()  # head is set: subscriptions may start
@@ -176,7 +175,7 @@ class Hub:
         await self.ready.wait()
         while user not in self.rooms_of:
             before = self.head
-            async with connection(self.engine) as conn:
+            async with self.db.connection() as conn:
                 rooms = {row["room_id"] for row in await conn.fetch(_ROOMS_OF, user)}
             # Membership changes the hub applied while we read would be lost: read again then.
             # Changes not yet applied are applied to this set when the hub reaches them.

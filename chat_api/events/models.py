@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, Text, func,
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import JSON, UserDefinedType
 
-from chat_api.core.db import Base
+from chat_api.core.schema import Base
 
 
 class Xid8(UserDefinedType[int]):

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from chat_api.core.config import Settings
+from chat_api.core.db import Database
 from chat_api.events.reader import prune
 
 log = logging.getLogger("chat_api.events")
 
 
-async def prune_periodically(settings: Settings, engine: AsyncEngine) -> None:
+async def prune_periodically(settings: Settings, db: Database) -> None:
     while True:
         await asyncio.sleep(settings.event_prune_interval_seconds)
         try:
-            deleted = await prune(engine, settings.event_retention_seconds)
+            deleted = await prune(db, settings.event_retention_seconds)
         except Exception as exc:  # the database may be away; try again next time
             log.warning("pruning the event log failed: %s", type(exc).__name__)
             continue

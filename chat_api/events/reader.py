@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat_api.core.db import connection
+from chat_api.core.db import Database
 from chat_api.events.cursor import Cursor
 
 # Readers never read at or above this: every transaction below it has ended, so nothing can
@@ -126,13 +125,13 @@ RETURNING (SELECT count(*) FROM gone)
 """
 
 
-async def prune(engine: AsyncEngine, retention_seconds: int) -> int:
+async def prune(db: Database, retention_seconds: int) -> int:
     """Deletes events older than the retention, oldest first, in batches; returns how many. A cursor
     from before the new low-water mark gets `event: reset` instead of a partial replay. Replicas
     pruning at the same time take turns batch by batch (or find nothing left to do)."""
     total = 0
     while True:
-        async with connection(engine) as conn, conn.transaction():
+        async with db.transaction() as conn:
             deleted = await conn.fetchval(_PRUNE, float(retention_seconds))
         if not deleted:
             return total

@@ -8,15 +8,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-import asyncpg
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
-from chat_api.core.db import DbEngine, connection
-from chat_api.core.errors import DATABASE_UNAVAILABLE, Problem, not_found, problem_responses
+from chat_api.core.db import DatabaseDep, DatabaseUnavailable
+from chat_api.core.errors import Problem, not_found, problem_responses
 from chat_api.core.paths import parse_room_id
 from chat_api.core.ratelimit import Action, RateLimitsDep
 from chat_api.events.cursor import Cursor, MalformedCursor
@@ -49,7 +48,7 @@ continue from its id. A comment line is sent as a heartbeat."""
 async def events(
     request: Request,
     user: CurrentUser,
-    engine: DbEngine,
+    db: DatabaseDep,
     settings: AppSettings,
     limits: RateLimitsDep,
     room_id: Annotated[str | None, Query(description="Only this room's events")] = None,
@@ -67,14 +66,14 @@ async def events(
         ) from None
     room = parse_room_id(room_id) if room_id is not None else None
     if room is not None:
-        async with connection(engine) as conn:
+        async with db.connection() as conn:
             if await conn.fetchval(_IS_MEMBER, room, user) is None:
                 raise not_found("room")
     reset_to = None
     if start is not None:
         # Before anything is sent: a database that is down makes this a 503 the client retries,
         # not a 200 whose body breaks off.
-        async with connection(engine) as conn:
+        async with db.connection() as conn:
             reset_to = await check_cursor(conn, start)
     hub: Hub = request.app.state.hub
     try:
@@ -94,7 +93,7 @@ async def events(
             headers={"Retry-After": "1"},
         ) from None
     return EventStreamResponse(
-        _stream(engine, subscription, user, room, start, reset_to, head),
+        _stream(db, subscription, user, room, start, reset_to, head),
         on_disconnect=lambda: subscription.offer(END),
         on_close=lambda: hub.unsubscribe(subscription),
     )
@@ -132,7 +131,7 @@ class EventStreamResponse(StreamingResponse):
 
 
 async def _stream(
-    engine: DbEngine,
+    db: DatabaseDep,
     subscription: Subscription,
     user: str,
     room: uuid.UUID | None,
@@ -150,9 +149,9 @@ async def _stream(
         position = reset_to or start
         while not subscription.ended:  # the client left (or the server is closing): stop replaying
             try:
-                async with connection(engine) as conn:
+                async with db.connection() as conn:
                     batch = await replay(conn, user, position, room, REPLAY_BATCH)
-            except (*DATABASE_UNAVAILABLE, asyncpg.exceptions.InterfaceError):
+            except DatabaseUnavailable:
                 log.warning("database unavailable during a stream's replay; ending it (the client resumes)")
                 return
             if batch:

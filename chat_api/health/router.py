@@ -8,8 +8,9 @@ import asyncpg
 from fastapi import APIRouter, Request, Response
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from chat_api.core.db import SCHEMA_REVISION, DbEngine, connection
+from chat_api.core.db import DatabaseDep, DatabaseUnavailable
 from chat_api.core.errors import problem_response, problem_responses
+from chat_api.core.schema import SCHEMA_REVISION
 
 router = APIRouter(tags=["health"])
 
@@ -30,21 +31,23 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=problem_responses(503))
-async def readyz(request: Request, engine: DbEngine) -> Response:
+async def readyz(request: Request, db: DatabaseDep) -> Response:
     """Ready for traffic: the database answers and its schema is at this release's revision or ahead."""
     if request.app.state.draining.is_set():
         return _not_ready("shutting down")
     try:
         # Probes run every few seconds: keep their statements out of the traces.
         with suppress_instrumentation():
-            async with asyncio.timeout(READY_TIMEOUT_SECONDS), connection(engine) as conn:
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS), db.connection() as conn:
                 schema = await conn.fetchrow(_SCHEMA, SCHEMA_REVISION)
     except TimeoutError:
         return _not_ready("the database did not answer in time")
     except asyncpg.exceptions.UndefinedTableError:
         return _not_ready("the database has no schema yet: run `chat-api migrate`")
+    except DatabaseUnavailable as exc:
+        return _not_ready(f"the database is unavailable ({exc})")
     except Exception as exc:
-        return _not_ready(f"the database is unavailable ({type(exc).__name__})")
+        return _not_ready(f"the database does not answer as expected ({type(exc).__name__})")
     if not schema["applied"]:
         return _not_ready(
             f"the schema is at {schema['at']}, which does not include revision {SCHEMA_REVISION} "

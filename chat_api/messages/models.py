@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, PrimaryKeyConstraint, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from chat_api.core.db import Base
+from chat_api.core.schema import Base
 
 
 class Message(Base):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
-from chat_api.core.db import DbEngine
+from chat_api.core.db import DatabaseDep
 from chat_api.core.errors import Problem, problem_responses
 from chat_api.core.paths import RoomId
 from chat_api.core.ratelimit import Action, RateLimitsDep
@@ -44,7 +44,7 @@ async def send_message(
     room_id: RoomId,
     new: NewMessage,
     user: CurrentUser,
-    engine: DbEngine,
+    db: DatabaseDep,
     settings: AppSettings,
     limits: RateLimitsDep,
     idempotency_key: Annotated[
@@ -57,7 +57,7 @@ async def send_message(
     """Send a message (body up to CHAT_API_MAX_MESSAGE_CHARS characters)."""
     _check_length(new.body, settings)
     limits.check(Action.SEND, user)
-    sent = await service.send(engine, room_id, user, new.body, new.reply_to, idempotency_key)
+    sent = await service.send(db, room_id, user, new.body, new.reply_to, idempotency_key)
     if sent.replayed:
         return Response(sent.json, status_code=200, media_type=JSON, headers={"Idempotent-Replayed": "true"})
     request.app.state.metrics.messages_sent.add(1)
@@ -68,7 +68,7 @@ async def send_message(
 async def history(
     room_id: RoomId,
     user: CurrentUser,
-    engine: DbEngine,
+    db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     before: Annotated[
         int | None, Query(ge=0, le=MAX_SEQ, description="Newest messages with seq < before")
@@ -80,14 +80,14 @@ async def history(
     """A page of history in ascending seq: the newest, or before / after a seq."""
     if before is not None and after is not None:
         raise Problem(422, "Give before or after, not both.", kind="validation")
-    page = await service.history(engine, room_id, user, limit, before, after)
+    page = await service.history(db, room_id, user, limit, before, after)
     return Response(page.json(), media_type=JSON)
 
 
 @router.get("/messages/{seq}", response_model=Message)
-async def get_message(room_id: RoomId, seq: Seq, user: CurrentUser, engine: DbEngine) -> Response:
+async def get_message(room_id: RoomId, seq: Seq, user: CurrentUser, db: DatabaseDep) -> Response:
     """One message (a tombstone if deleted)."""
-    return Response(await service.get_one(engine, room_id, user, seq), media_type=JSON)
+    return Response(await service.get_one(db, room_id, user, seq), media_type=JSON)
 
 
 @router.patch("/messages/{seq}", response_model=Message, responses=problem_responses(400, 403, 409, 413, 429))
@@ -96,31 +96,31 @@ async def edit_message(
     seq: Seq,
     edit: MessageEdit,
     user: CurrentUser,
-    engine: DbEngine,
+    db: DatabaseDep,
     settings: AppSettings,
     limits: RateLimitsDep,
 ) -> Response:
     """Edit your own message."""
     _check_length(edit.body, settings)
     limits.check(Action.EDIT, user)
-    return Response(await service.edit(engine, room_id, user, seq, edit.body), media_type=JSON)
+    return Response(await service.edit(db, room_id, user, seq, edit.body), media_type=JSON)
 
 
 @router.delete("/messages/{seq}", status_code=204, responses=problem_responses(403, 429))
 async def delete_message(
-    room_id: RoomId, seq: Seq, user: CurrentUser, engine: DbEngine, limits: RateLimitsDep
+    room_id: RoomId, seq: Seq, user: CurrentUser, db: DatabaseDep, limits: RateLimitsDep
 ) -> Response:
     """Delete a message (its sender or the room's owner); it stays in history as a tombstone."""
     limits.check(Action.DELETE, user)
-    await service.delete(engine, room_id, user, seq)
+    await service.delete(db, room_id, user, seq)
     return Response(status_code=204)
 
 
 @router.post("/read", status_code=204, responses=problem_responses(400, 413, 429))
 async def mark_read(
-    room_id: RoomId, marker: ReadMarker, user: CurrentUser, engine: DbEngine, limits: RateLimitsDep
+    room_id: RoomId, marker: ReadMarker, user: CurrentUser, db: DatabaseDep, limits: RateLimitsDep
 ) -> Response:
     """Move your read marker forward (never back; clamped to the room's last_seq)."""
     limits.check(Action.MARK_READ, user)
-    await service.mark_read(engine, room_id, user, marker.seq)
+    await service.mark_read(db, room_id, user, marker.seq)
     return Response(status_code=204)

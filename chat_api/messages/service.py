@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import asyncpg
 import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat_api.core.db import connection
+from chat_api.core.db import Database
 from chat_api.core.errors import Problem, not_found
 from chat_api.events import log
 from chat_api.events.contract import EventKind, room_lock_key, sql_envelope
@@ -107,7 +106,7 @@ def request_hash(room_id: uuid.UUID, body: str, reply_to: int | None) -> bytes:
 
 
 async def send(
-    engine: AsyncEngine,
+    db: Database,
     room_id: uuid.UUID,
     sender: str,
     body: str,
@@ -115,7 +114,7 @@ async def send(
     idempotency_key: str | None,
 ) -> Sent:
     fingerprint = request_hash(room_id, body, reply_to) if idempotency_key else None
-    async with connection(engine) as conn:
+    async with db.connection() as conn:
         try:
             sent = await conn.fetchval(
                 SEND, room_id, room_lock_key(room_id), sender, body, reply_to, idempotency_key, fingerprint
@@ -164,7 +163,7 @@ class Page:
 
 
 async def history(
-    engine: AsyncEngine, room_id: uuid.UUID, user: str, limit: int, before: int | None, after: int | None
+    db: Database, room_id: uuid.UUID, user: str, limit: int, before: int | None, after: int | None
 ) -> Page:
     args: tuple[object, ...] = (room_id, user, limit + 1)
     if after is not None:
@@ -173,7 +172,7 @@ async def history(
         direction, args = "before", (*args, before)
     else:
         direction = "newest"
-    async with connection(engine) as conn:
+    async with db.connection() as conn:
         rows = await conn.fetch(_PAGES[direction], *args)
     if not rows:
         raise not_found("room")
@@ -185,8 +184,8 @@ async def history(
     return Page(items=items, has_more=has_more)
 
 
-async def get_one(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) -> str:
-    async with connection(engine) as conn:
+async def get_one(db: Database, room_id: uuid.UUID, user: str, seq: int) -> str:
+    async with db.connection() as conn:
         row = await conn.fetchrow(_ONE, room_id, user, seq)
     if row is None:
         raise not_found("room")
@@ -206,8 +205,8 @@ async def _locked_target(conn: asyncpg.Connection, room_id: uuid.UUID, user: str
     return target
 
 
-async def edit(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int, body: str) -> str:
-    async with connection(engine) as conn, conn.transaction():
+async def edit(db: Database, room_id: uuid.UUID, user: str, seq: int, body: str) -> str:
+    async with db.transaction() as conn:
         target = await _locked_target(conn, room_id, user, seq)
         if target["sender"] != user:
             raise Problem(403, "Only the sender can edit a message.", kind="forbidden")
@@ -216,8 +215,8 @@ async def edit(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int, bod
         return str(await conn.fetchval(_EDIT, room_id, seq, body))
 
 
-async def delete(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) -> None:
-    async with connection(engine) as conn, conn.transaction():
+async def delete(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:
+    async with db.transaction() as conn:
         target = await _locked_target(conn, room_id, user, seq)
         if target["sender"] != user and target["role"] != "owner":
             raise Problem(403, "Only the sender or the room's owner can delete a message.", kind="forbidden")
@@ -226,7 +225,7 @@ async def delete(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) -
         await conn.execute(_DELETE, room_id, seq)
 
 
-async def mark_read(engine: AsyncEngine, room_id: uuid.UUID, user: str, seq: int) -> None:
-    async with connection(engine) as conn:
+async def mark_read(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:
+    async with db.connection() as conn:
         if await conn.fetchval(_MARK_READ, room_id, user, seq) is None:
             raise not_found("room")

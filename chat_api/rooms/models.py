@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from chat_api.core.db import Base
+from chat_api.core.schema import Base
 
 
 class Room(Base):

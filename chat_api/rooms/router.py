@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from chat_api.auth.dependencies import CurrentUser
-from chat_api.core.db import DbEngine
+from chat_api.core.db import DatabaseDep
 from chat_api.core.errors import problem_responses
 from chat_api.core.paths import RoomId
 from chat_api.core.ratelimit import Action, RateLimitsDep
@@ -18,29 +18,29 @@ router = APIRouter(prefix="/v1/rooms", tags=["rooms"], responses=problem_respons
 
 
 @router.post("", status_code=201, response_model=RoomDetail, responses=problem_responses(400, 413, 429))
-async def create_room(new: NewRoom, user: CurrentUser, engine: DbEngine, limits: RateLimitsDep) -> RoomDetail:
+async def create_room(new: NewRoom, user: CurrentUser, db: DatabaseDep, limits: RateLimitsDep) -> RoomDetail:
     """Create a room; you become its owner and the listed users its members."""
     limits.check(Action.CREATE_ROOM, user)
-    return await service.create_room(engine, user, new.name, new.members)
+    return await service.create_room(db, user, new.name, new.members)
 
 
 @router.get("", response_model=RoomPage, responses=problem_responses(400))
 async def list_rooms(
     user: CurrentUser,
-    engine: DbEngine,
+    db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=100, description="next_cursor of the previous page")
     ] = None,
 ) -> RoomPage:
     """Your rooms, most recent activity first, with unread counts and a stream cursor."""
-    return await service.list_rooms(engine, user, limit, cursor)
+    return await service.list_rooms(db, user, limit, cursor)
 
 
 @router.get("/{room_id}", response_model=RoomDetail, responses=problem_responses(404))
-async def get_room(room_id: RoomId, user: CurrentUser, engine: DbEngine) -> RoomDetail:
+async def get_room(room_id: RoomId, user: CurrentUser, db: DatabaseDep) -> RoomDetail:
     """One of your rooms, with its members."""
-    return await service.get_room(engine, room_id, user)
+    return await service.get_room(db, room_id, user)
 
 
 @router.put(
@@ -53,13 +53,13 @@ async def add_member(
     room_id: RoomId,
     user_id: Annotated[UserId, Path()],
     user: CurrentUser,
-    engine: DbEngine,
+    db: DatabaseDep,
     limits: RateLimitsDep,
     response: Response,
 ) -> Member:
     """Add a member (owner only): 201 when added, 200 when already a member."""
     limits.check(Action.CHANGE_MEMBERS, user)
-    member, added = await service.add_member(engine, room_id, user, user_id)
+    member, added = await service.add_member(db, room_id, user, user_id)
     if not added:
         response.status_code = 200
     return member
@@ -70,7 +70,7 @@ async def remove_member(
     room_id: RoomId,
     user_id: Annotated[UserId, Path()],
     user: CurrentUser,
-    engine: DbEngine,
+    db: DatabaseDep,
     limits: RateLimitsDep,
     stay_out: Annotated[
         bool, Query(description="Leaving: and never be added to this room again (422 for anyone else)")
@@ -78,5 +78,5 @@ async def remove_member(
 ) -> Response:
     """Remove a member (owner), or leave (yourself); `stay_out=true` refuses later adds."""
     limits.check(Action.CHANGE_MEMBERS, user)
-    await service.remove_member(engine, room_id, user, user_id, stay_out=stay_out)
+    await service.remove_member(db, room_id, user, user_id, stay_out=stay_out)
     return Response(status_code=204)

@@ -11,9 +11,8 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat_api.core.db import connection
+from chat_api.core.db import Database
 from chat_api.core.errors import Problem, not_found
 from chat_api.events import log
 from chat_api.events.contract import EventKind
@@ -86,12 +85,12 @@ def _decode_page_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
         raise Problem(400, "cursor: not a cursor this service handed out.", kind="malformed-cursor") from None
 
 
-async def list_rooms(engine: AsyncEngine, user: str, limit: int, cursor: str | None) -> RoomPage:
+async def list_rooms(db: Database, user: str, limit: int, cursor: str | None) -> RoomPage:
     args: tuple[Any, ...] = (user, limit + 1)
     statement = _LIST_FIRST
     if cursor is not None:
         args, statement = (*args, *_decode_page_cursor(cursor)), _LIST_NEXT
-    async with connection(engine) as conn:
+    async with db.connection() as conn:
         rows = await conn.fetch(statement, *args)
     # The stream position is read in the same snapshot as the rooms: nothing falls between them.
     stream_cursor = Cursor(rows[0]["xmin"], 0).encode()
@@ -111,15 +110,15 @@ async def _detail(conn: asyncpg.Connection, room_id: uuid.UUID, user: str) -> Ro
     return RoomDetail(**_room(row).model_dump(), members=[Member(**m) for m in members])
 
 
-async def get_room(engine: AsyncEngine, room_id: uuid.UUID, user: str) -> RoomDetail:
-    async with connection(engine) as conn:
+async def get_room(db: Database, room_id: uuid.UUID, user: str) -> RoomDetail:
+    async with db.connection() as conn:
         return await _detail(conn, room_id, user)
 
 
-async def create_room(engine: AsyncEngine, creator: str, name: str, members: list[str]) -> RoomDetail:
+async def create_room(db: Database, creator: str, name: str, members: list[str]) -> RoomDetail:
     room_id = uuid.uuid4()
     others = list(dict.fromkeys(m for m in members if m != creator))
-    async with connection(engine) as conn, conn.transaction():
+    async with db.transaction() as conn:
         await conn.execute(_INSERT_ROOM, room_id, name, creator)
         await conn.executemany(
             _INSERT_MEMBER, [(room_id, creator, "owner")] + [(room_id, m, "member") for m in others]
@@ -133,11 +132,9 @@ async def _member(conn: asyncpg.Connection, room_id: uuid.UUID, user: str) -> as
     return await conn.fetchrow(_MEMBER, room_id, user)
 
 
-async def add_member(
-    engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_id: str
-) -> tuple[Member, bool]:
+async def add_member(db: Database, room_id: uuid.UUID, caller: str, user_id: str) -> tuple[Member, bool]:
     """Adds user_id (owner only); returns the member and whether it was added now."""
-    async with connection(engine) as conn, conn.transaction():
+    async with db.transaction() as conn:
         await log.lock_room(conn, room_id)
         me = await _member(conn, room_id, caller)
         if me is None:
@@ -158,13 +155,13 @@ async def add_member(
 
 
 async def remove_member(
-    engine: AsyncEngine, room_id: uuid.UUID, caller: str, user_id: str, *, stay_out: bool = False
+    db: Database, room_id: uuid.UUID, caller: str, user_id: str, *, stay_out: bool = False
 ) -> None:
     """The owner removes anyone; a member removes itself (leaves), with `stay_out` for good: nobody
     can add it to this room again."""
     if stay_out and caller != user_id:
         raise Problem(422, "stay_out: only a member leaving a room can ask to stay out.", kind="validation")
-    async with connection(engine) as conn, conn.transaction():
+    async with db.transaction() as conn:
         await log.lock_room(conn, room_id)
         me = await _member(conn, room_id, caller)
         if me is None:

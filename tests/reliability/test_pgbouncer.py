@@ -393,7 +393,7 @@ async def test_pruning_through_pgbouncer_leaves_no_lock_behind(
 ) -> None:
     # The pruner takes pg_try_advisory_xact_lock inside each batch transaction: it ends with the
     # transaction, so it cannot stay behind on a pooled server connection (a session lock would).
-    from chat_api.core.db import new_engine
+    from chat_api.core.db import Database
     from chat_api.events.reader import PRUNE_LOCK_KEY, prune
     from tests.conftest import make_settings
 
@@ -402,7 +402,9 @@ async def test_pruning_through_pgbouncer_leaves_no_lock_behind(
     settings = make_settings(
         bouncer.url(), db_statement_cache=False, event_retention_seconds=10 * 365 * 86400
     )
-    engine, other_replica = new_engine(settings), new_engine(settings)
+    engine, other_replica = Database(settings), Database(settings)
+    await engine.open()
+    await other_replica.open()
     admin = await asyncpg.connect(admin_url)
     try:
         results = await asyncio.gather(
@@ -418,5 +420,5 @@ async def test_pruning_through_pgbouncer_leaves_no_lock_behind(
         assert held == [], "the prune lock is still held by a pooled server connection"
     finally:
         await admin.close()
-        await engine.dispose()
-        await other_replica.dispose()
+        await engine.close()
+        await other_replica.close()
