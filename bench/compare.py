@@ -21,20 +21,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench import scenarios
 from bench.harness import (
     ROOT,
-    SPREAD_ROOMS,
     Server,
     migrated_database,
     postgres,
-    room_uuid,
     seed,
     start_server,
     stop,
     user_token,
     wrk,
 )
-from bench.scenarios import QUICK
 
 SCENARIOS = ("send 100 rooms", "send hot room", "newest page")
 
@@ -58,11 +56,11 @@ def revision_server(revision: str, admin_url: str) -> Iterator[tuple[Server, dic
     """The revision's server on its own fresh database, and the wrk data file of each scenario."""
     work = Path(tempfile.mkdtemp(prefix="chat-api-compare-"))
     with worktree(revision) as src, migrated_database(admin_url, src) as (_, database_url):
-        ids = asyncio.run(seed(database_url, QUICK.depth_messages))
+        ids = asyncio.run(seed(database_url, scenarios.QUICK.depth_messages))
         files = {name: work / f"{n}.txt" for n, name in enumerate(SCENARIOS)}
-        files["send 100 rooms"].write_text("\n".join(room_uuid(n) for n in range(1, SPREAD_ROOMS + 1)))
-        files["send hot room"].write_text(room_uuid(1) + "\n")
-        files["newest page"].write_text(f"/v1/rooms/{ids['page_room']}/messages?limit=50\n")
+        files["send 100 rooms"].write_text(scenarios.spread_rooms())
+        files["send hot room"].write_text(scenarios.hot_room())
+        files["newest page"].write_text(scenarios.newest_page_path(ids))
         server = start_server(database_url, work / "serve.log", src=src)
         try:
             yield server, files

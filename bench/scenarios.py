@@ -52,7 +52,7 @@ class Target:
     idle_rss_mib: float
 
 
-# -- what wrk is given ------------------------------------------------------------------------------
+# -- what wrk is given (bench.compare gives the same) ---------------------------------------------
 
 
 def spread_rooms() -> str:
