@@ -1,4 +1,4 @@
-"""The report: rows and their ratios to the floors, the table, the JSON results."""
+"""The report: rows and their ratios to the floors, the table, the JSON results, what bench.check needs."""
 
 from __future__ import annotations
 
@@ -113,3 +113,42 @@ def results(rows: list[Row], *, mode: str, duration: int, wall_s: float) -> dict
 def write(document: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+# -- what bench.check requires (every scenario ran and produced its figures, never a speed) ------
+
+REQUIRED = {
+    "1.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
+    "2.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
+    "3.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
+    "4.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
+    "5.": ("throughput", "p50_ms", "p99_ms"),
+    "6.": (),
+    "7.": ("p50_ms",),
+}
+
+
+def problems(rows: list[dict[str, Any]]) -> list[str]:
+    """What is missing from the rows of a results file, or went wrong in them."""
+    found = []
+    for prefix, fields in REQUIRED.items():
+        row = next((r for r in rows if r["scenario"].startswith(prefix)), None)
+        if row is None:
+            found.append(f"scenario {prefix} is missing")
+            continue
+        found += [f"{row['scenario']}: no {name}" for name in fields if row.get(name) is None]
+        if row.get("errors"):
+            found.append(f"{row['scenario']}: {row['errors']} failed requests")
+    for prefix in ("1.", "2."):
+        row = next((r for r in rows if r["scenario"].startswith(prefix)), {})
+        if row and not row.get("extra", {}).get("floor_p99_ms"):
+            found.append(f"{prefix}: no floor p99")
+    six = next((r for r in rows if r["scenario"].startswith("6.")), {})
+    if not six.get("extra", {}).get("kib_per_stream"):
+        found.append("6.: no memory per idle stream")
+    seven = next((r for r in rows if r["scenario"].startswith("7.")), {})
+    if not seven.get("extra", {}).get("idle_rss_mib"):
+        found.append("7.: no idle RSS")
+    if len(seven.get("extra", {}).get("starts_ms", [])) != 3:
+        found.append("7.: not three timed starts")
+    return found
