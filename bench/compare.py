@@ -21,22 +21,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.__main__ import (
-    QUICK,
+from bench import scenarios
+from bench.harness import (
     ROOT,
-    SECRET,
-    SPREAD_ROOMS,
-    USER,
     Server,
     migrated_database,
     postgres,
-    room_uuid,
     seed,
     start_server,
     stop,
+    user_token,
     wrk,
 )
-from chat_api.auth.tokens import mint_token
 
 SCENARIOS = ("send 100 rooms", "send hot room", "newest page")
 
@@ -60,11 +56,11 @@ def revision_server(revision: str, admin_url: str) -> Iterator[tuple[Server, dic
     """The revision's server on its own fresh database, and the wrk data file of each scenario."""
     work = Path(tempfile.mkdtemp(prefix="chat-api-compare-"))
     with worktree(revision) as src, migrated_database(admin_url, src) as (_, database_url):
-        ids = asyncio.run(seed(database_url, QUICK))
+        ids = asyncio.run(seed(database_url, scenarios.QUICK.depth_messages))
         files = {name: work / f"{n}.txt" for n, name in enumerate(SCENARIOS)}
-        files["send 100 rooms"].write_text("\n".join(room_uuid(n) for n in range(1, SPREAD_ROOMS + 1)))
-        files["send hot room"].write_text(room_uuid(1) + "\n")
-        files["newest page"].write_text(f"/v1/rooms/{ids['page_room']}/messages?limit=50\n")
+        files["send 100 rooms"].write_text(scenarios.spread_rooms())
+        files["send hot room"].write_text(scenarios.hot_room())
+        files["newest page"].write_text(scenarios.newest_page_path(ids))
         server = start_server(database_url, work / "serve.log", src=src)
         try:
             yield server, files
@@ -83,7 +79,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per scenario and round")
     args = parser.parse_args()
-    token = mint_token(SECRET, USER, 24 * 3600)
+    token = user_token()
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         rev: {s: [] for s in SCENARIOS} for rev in args.revisions
     }

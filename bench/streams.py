@@ -20,15 +20,8 @@ import uuid
 
 import httpx
 
+from bench.harness import rss_kib
 from chat_api.auth.tokens import mint_token
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 async def open_raw_stream(url: str, token: str, path: str = "/v1/events") -> asyncio.StreamReader:

@@ -1,5 +1,7 @@
-"""The floor for read paths: the smallest ASGI app on the same server stack (uvicorn, uvloop,
-httptools, one process). `python -m bench.trivial_app PORT`."""
+"""The read paths' floor: the smallest ASGI app on the same server stack as chat-api serve.
+
+uvicorn, uvloop, httptools, one process: `python -m bench.trivial_app PORT` (bench.harness starts it).
+"""
 
 from __future__ import annotations
 

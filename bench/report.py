@@ -1,0 +1,154 @@
+"""The report: rows and their ratios to the floors, the table, the JSON results, what bench.check needs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Row:
+    scenario: str
+    throughput: float | None = None  # per second
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int | None = None
+    floor: str = ""
+    floor_throughput: float | None = None
+    ratio: float | None = None  # throughput / floor throughput (or as the scenario says)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- ratios to the floor --------------------------------------------------------------------------
+
+Figures = dict[str, Any]  # a load run's throughput, p50_ms, p99_ms (and errors)
+
+
+def throughput_ratio(got: Figures, floor: Figures) -> float:
+    return float(got["throughput"] / floor["throughput"])
+
+
+def p50_ratio(got: Figures, floor: Figures) -> float:
+    return float(got["p50_ms"] / floor["p50_ms"])
+
+
+def floor_latency(floor: Figures) -> dict[str, float]:
+    """The floor's own p50/p99, shown next to the scenario's."""
+    return {"floor_p50_ms": round(floor["p50_ms"], 2), "floor_p99_ms": round(floor["p99_ms"], 2)}
+
+
+def against(
+    scenario: str,
+    got: Figures,
+    floor: str,
+    floor_figures: Figures,
+    ratio: Callable[[Figures, Figures], float] = throughput_ratio,
+    extra: dict[str, Any] | None = None,
+) -> Row:
+    """The row of a load run compared with its floor's run."""
+    return Row(
+        scenario,
+        **got,
+        floor=floor,
+        floor_throughput=floor_figures["throughput"],
+        ratio=ratio(got, floor_figures),
+        extra=extra if extra is not None else {},
+    )
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def table(rows: list[Row]) -> str:
+    header = (
+        f"{'scenario':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  {'floor':24} "
+        f"{'floor/s':>9} {'floor p99':>9} {'ratio':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        ratio = fmt(r.ratio, 3)
+        if r.scenario.startswith("6."):
+            ratio = f"{r.extra['kib_per_stream']:.1f}KiB"
+        if r.scenario.startswith("7."):
+            ratio = f"{r.extra['idle_rss_mib']:.0f}MiB"
+        lines.append(
+            f"{r.scenario:36} {fmt(r.throughput, 0):>9} {fmt(r.p50_ms, 2):>8} {fmt(r.p99_ms, 2):>8} "
+            f"{fmt(r.errors, 0) if r.errors is not None else '—':>6}  {r.floor:24} "
+            f"{fmt(r.floor_throughput, 0):>9} {fmt(r.extra.get('floor_p99_ms'), 2):>9} {ratio:>6}"
+        )
+    return "\n".join(lines)
+
+
+# -- the JSON results -----------------------------------------------------------------------------
+
+
+def results(rows: list[Row], *, mode: str, duration: int, wall_s: float) -> dict[str, Any]:
+    """What bench/results/latest.json holds: the run's conditions and every row."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "mode": mode,
+        "duration_per_run_s": duration,
+        "wall_s": round(wall_s, 1),
+        "rows": [r.__dict__ for r in rows],
+    }
+
+
+def write(document: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+# -- what bench.check requires (every scenario ran and produced its figures, never a speed) ------
+
+REQUIRED = {
+    "1.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
+    "2.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
+    "3.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
+    "4.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
+    "5.": ("throughput", "p50_ms", "p99_ms"),
+    "6.": (),
+    "7.": ("p50_ms",),
+}
+
+
+def problems(rows: list[dict[str, Any]]) -> list[str]:
+    """What is missing from the rows of a results file, or went wrong in them."""
+    found = []
+    for prefix, fields in REQUIRED.items():
+        row = next((r for r in rows if r["scenario"].startswith(prefix)), None)
+        if row is None:
+            found.append(f"scenario {prefix} is missing")
+            continue
+        found += [f"{row['scenario']}: no {name}" for name in fields if row.get(name) is None]
+        if row.get("errors"):
+            found.append(f"{row['scenario']}: {row['errors']} failed requests")
+    for prefix in ("1.", "2."):
+        row = next((r for r in rows if r["scenario"].startswith(prefix)), {})
+        if row and not row.get("extra", {}).get("floor_p99_ms"):
+            found.append(f"{prefix}: no floor p99")
+    six = next((r for r in rows if r["scenario"].startswith("6.")), {})
+    if not six.get("extra", {}).get("kib_per_stream"):
+        found.append("6.: no memory per idle stream")
+    seven = next((r for r in rows if r["scenario"].startswith("7.")), {})
+    if not seven.get("extra", {}).get("idle_rss_mib"):
+        found.append("7.: no idle RSS")
+    if len(seven.get("extra", {}).get("starts_ms", [])) != 3:
+        found.append("7.: not three timed starts")
+    return found

@@ -1,0 +1,204 @@
+"""The scenarios: what each one runs against the server under test and which floor it is compared with."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench import harness, streams
+from bench.harness import SECRET, SPREAD_ROOMS, Server, pgbench, pgbench_send_script, room_uuid, wrk
+from bench.report import Row, against, floor_latency, p50_ratio
+
+DEPTH_ROUNDS = 3
+STARTS = 3
+FAN_OUT_RATE = 50  # messages per second
+
+
+@dataclass
+class Profile:
+    duration: int
+    depth_messages: int
+    depths: tuple[int, ...]
+    subscribers: int
+    fanout_messages: int
+    idle_streams: int
+
+
+FULL = Profile(10, 1_000_000, (0, 10_000, 500_000, 999_000), 1000, 200, 10_000)
+QUICK = Profile(2, 20_000, (0, 1_000, 10_000, 19_000), 50, 20, 200)
+
+
+@dataclass
+class Target:
+    """What a scenario runs against: the sizes, the server and its seeded database, and what was
+    measured of the server before anything warmed it."""
+
+    profile: Profile
+    server: Server
+    connect: list[str]  # pgbench's connection arguments
+    database: str
+    token: str
+    ids: dict[str, Any]  # harness.seed's rooms
+    work: Path  # wrk's data files and the server's log
+    starts: list[float]  # seconds from process start to /readyz 200
+    idle_rss_mib: float
+
+
+# -- what wrk is given (bench.compare gives the same) ---------------------------------------------
+
+
+def spread_rooms() -> str:
+    return "\n".join(room_uuid(n) for n in range(1, SPREAD_ROOMS + 1)) + "\n"
+
+
+def hot_room() -> str:
+    return room_uuid(1) + "\n"
+
+
+def newest_page_path(ids: dict[str, Any]) -> str:
+    return f"/v1/rooms/{ids['page_room']}/messages?limit=50\n"
+
+
+# -- the scenarios, in the order they run ---------------------------------------------------------
+
+
+def start_up(t: Target) -> Row:
+    """7. Start-up and idle memory, taken before anything warmed the process; against targets."""
+    return Row(
+        "7. start-up to /readyz 200",
+        p50_ms=statistics.median(t.starts) * 1000,
+        floor="target < 1500 ms",
+        extra={"idle_rss_mib": round(t.idle_rss_mib, 1), "starts_ms": [round(s * 1000) for s in t.starts]},
+    )
+
+
+def send_spread(t: Target) -> Row:
+    """1. Send spread over 100 rooms vs. the same SQL work through pgbench."""
+    spread_file = t.work / "spread.txt"
+    spread_file.write_text(spread_rooms())
+    d = t.profile.duration
+    floor = pgbench(t.connect, t.database, pgbench_send_script(harness.room_expression()), SPREAD_ROOMS, d)
+    got = wrk(t.server.url, "send.lua", spread_file, d, t.token)
+    return against("1. send, 100 rooms", got, "pgbench, same SQL", floor, extra=floor_latency(floor))
+
+
+def send_hot(t: Target) -> Row:
+    """2. Send into one hot room vs. pgbench into one room."""
+    hot_file = t.work / "hot.txt"
+    hot_file.write_text(hot_room())
+    d = t.profile.duration
+    floor = pgbench(t.connect, t.database, pgbench_send_script(harness.room_expression()), 1, d)
+    got = wrk(t.server.url, "send.lua", hot_file, d, t.token)
+    return against("2. send, one hot room", got, "pgbench, one room", floor, extra=floor_latency(floor))
+
+
+def newest_page(t: Target) -> Row:
+    """3. Newest history page vs. the trivial ASGI app on the same server stack."""
+    page_file = t.work / "page.txt"
+    page_file.write_text(newest_page_path(t.ids))
+    trivial, trivial_url = harness.start_trivial()
+    try:
+        floor = wrk(trivial_url, "get.lua", page_file, t.profile.duration)
+    finally:
+        harness.stop(trivial)
+    got = wrk(t.server.url, "get.lua", page_file, t.profile.duration, t.token)
+    return against("3. newest page (50)", got, "trivial ASGI app", floor)
+
+
+def page_at_depth(t: Target) -> Row:
+    """4. History at depth in a bulk-loaded room vs. the same page at the top: p50 deep / p50 top.
+    The depths take turns for a few rounds (a slow spell of a noisy machine then hits them alike);
+    medians per depth."""
+    profile, ids = t.profile, t.ids
+    runs: dict[int, list[dict[str, Any]]] = {depth: [] for depth in profile.depths}
+    for _ in range(DEPTH_ROUNDS):
+        for depth in profile.depths:
+            before = ids["deep_last_seq"] - depth
+            path = f"/v1/rooms/{ids['deep_room']}/messages?limit=50" + (f"&before={before}" if depth else "")
+            depth_file = t.work / f"depth-{depth}.txt"
+            depth_file.write_text(path + "\n")
+            runs[depth].append(
+                wrk(t.server.url, "get.lua", depth_file, max(1, profile.duration // DEPTH_ROUNDS), t.token)
+            )
+    p50s = {
+        depth: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for depth, rs in runs.items()
+    }
+    top, deepest = p50s[profile.depths[0]], p50s[profile.depths[-1]]
+    return against(
+        f"4. page at depth {profile.depths[-1]:,} of {profile.depth_messages:,}",
+        deepest,
+        "same page at the top",
+        top,
+        ratio=p50_ratio,
+        extra={"p50_ms_by_depth": {str(k): round(v["p50_ms"], 2) for k, v in p50s.items()}},
+    )
+
+
+def fan_out(t: Target) -> Row:
+    """5. Fan-out: N subscribers on one process, a sender at 50 messages/s; against a target.
+    The stream clients run on uvloop, like the server: they share its two cores."""
+    profile = t.profile
+    fan = uvloop.run(
+        streams.fan_out(t.server.url, SECRET, profile.subscribers, profile.fanout_messages, FAN_OUT_RATE)
+    )
+    return Row(
+        f"5. fan-out to {profile.subscribers} streams",
+        throughput=fan["deliveries"] / (profile.fanout_messages / FAN_OUT_RATE),
+        p50_ms=fan["p50_ms"],
+        p99_ms=fan["p99_ms"],
+        errors=0,
+        floor="target p99 < 100 ms",
+        extra=fan,
+    )
+
+
+def idle_streams(t: Target) -> Row:
+    """6. Idle streams: server memory per open stream; against a target."""
+    count = t.profile.idle_streams
+    idle = uvloop.run(streams.idle_memory(t.server.url, SECRET, t.server.process.pid, count))
+    return Row(f"6. {count:,} idle streams", floor="target <= 20 KiB each", ratio=None, extra=idle)
+
+
+SCENARIOS: tuple[Callable[[Target], Row], ...] = (
+    start_up,
+    send_spread,
+    send_hot,
+    newest_page,
+    page_at_depth,
+    fan_out,
+    idle_streams,
+)
+
+
+def run(profile: Profile) -> list[Row]:
+    """Every scenario against one server on a fresh, seeded database."""
+    harness.raise_open_files_limit()
+    token = harness.user_token()
+    work = Path(tempfile.mkdtemp(prefix="chat-api-bench-"))
+    with (
+        harness.postgres() as (admin_url, connect),
+        harness.migrated_database(admin_url) as (name, database_url),
+    ):
+        # Start-up is timed three times (the machine's noise is large next to one start), before
+        # the bulk load so that its write-back does not land in it; the last start is the server
+        # that is measured.
+        server, starts = harness.start_timed(database_url, work, STARTS)
+        try:
+            idle_rss_mib = harness.rss_kib(server.process.pid) / 1024
+            ids = asyncio.run(harness.seed(database_url, profile.depth_messages))
+            target = Target(profile, server, connect, name, token, ids, work, starts, idle_rss_mib)
+            rows = [scenario(target) for scenario in SCENARIOS]
+            errors = sum(r.errors or 0 for r in rows)
+            if errors:
+                print(f"warning: {errors} failed requests; see {server.log}", file=sys.stderr)
+        finally:
+            harness.stop(server.process)
+    return rows
