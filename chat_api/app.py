@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
 from typing import Any
 
 from fastapi import FastAPI
@@ -41,17 +42,43 @@ UNTRACED_PATHS = frozenset(
 DOCS_ASSETS = "/docs/assets"
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What a process holds for every request, built in one place (the lifespan). Each reaches the
+    routes through its own typed dependency (AppSettings, DatabaseDep, HubDep, RateLimitsDep,
+    MetricsDep, the bearer verifier, Draining), as the lifespan's state (request.state)."""
+
+    settings: Settings
+    draining: asyncio.Event  # set once shutdown begins: /readyz answers 503 and open streams end
+    database: Database
+    hub: Hub
+    limits: RateLimits
+    metrics: Metrics
+    verifier: TokenVerifier
+
+    def state(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     draining: asyncio.Event = app.state.draining
     telemetry: Telemetry = app.state.telemetry
     telemetry.start()
-    database = app.state.database = Database(settings)
+    database = Database(settings)
     await database.open()
-    hub = app.state.hub = Hub(settings, database, telemetry.tracer)
-    app.state.metrics = Metrics(
-        telemetry.meter, lambda: hub.open_streams, lambda: hub.delivered, database.connections
+    hub = Hub(settings, database, telemetry.tracer)
+    resources = app.state.resources = Resources(
+        settings=settings,
+        draining=draining,
+        database=database,
+        hub=hub,
+        limits=RateLimits(settings),
+        metrics=Metrics(
+            telemetry.meter, lambda: hub.open_streams, lambda: hub.delivered, database.connections
+        ),
+        verifier=TokenVerifier(settings),
     )
     hub.start()
 
@@ -64,7 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         background.append(asyncio.create_task(prune_periodically(settings, database), name="chat-api pruner"))
     log.info("chat-api %s started; database %s", chat_api.__version__, settings.database_target().redacted)
     try:
-        yield
+        yield resources.state()
     finally:
         draining.set()
         for task in background:
@@ -111,11 +138,9 @@ def create_app(settings: Settings) -> FastAPI:
             "exclude": _not_traced,
         },
     )
+    # Known before the lifespan runs: the server's signal handler sets `draining`.
     app.state.settings = settings
     app.state.telemetry = telemetry
-    app.state.rate_limits = RateLimits(settings)
-    app.state.verifier = TokenVerifier(settings)
-    # Set once shutdown begins: /readyz answers 503 and open streams end.
     app.state.draining = asyncio.Event()
     install_problem_handlers(app)
     serve_problems_in_openapi(app)

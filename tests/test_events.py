@@ -245,7 +245,7 @@ async def test_hub_reconnects_after_losing_its_listen_connection(
     running = await start_server()
     alice, bob = make_user("alice", running.url), make_user("bob", running.url)
     room = await alice.create_room(members=[bob])
-    hub = running.server.config.app.state.hub
+    hub = running.server.config.app.state.resources.hub
     async with open_stream(running.url, bob.token, room_id=room["id"]) as stream:
         await alice.send(room["id"], "before")
         await stream.wait_for(1, "message.created")

@@ -135,7 +135,7 @@ async def test_a_database_error_exports_no_parameter_values(
 
     @app.get("/v1/boom")
     async def boom(request: Request) -> None:
-        async with request.app.state.database.connection() as conn:
+        async with request.state.database.connection() as conn:
             await conn.execute("SELECT length(CAST($1 AS text)) / 0", marker)
 
     async with serve(settings, app) as running, httpx.AsyncClient(base_url=running.url) as client:

@@ -33,7 +33,7 @@ class BearerUser(HTTPBearer):
             raise Problem(
                 401, "A bearer token is required.", kind="unauthorized", headers=UNAUTHORIZED_HEADERS
             )
-        verifier: TokenVerifier = request.app.state.verifier
+        verifier: TokenVerifier = request.state.verifier
         try:
             user = await verifier.subject(token)
         except InvalidToken as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 from pathlib import Path
@@ -321,8 +322,17 @@ def describe(exc: ValidationError) -> str:
 
 # async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.
 async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+    settings: Settings = request.state.settings
     return settings
 
 
 AppSettings = Annotated[Settings, Depends(_settings)]
+
+
+async def _draining(request: Request) -> asyncio.Event:
+    draining: asyncio.Event = request.state.draining
+    return draining
+
+
+# Set once shutdown begins (readiness turns 503, streams end).
+Draining = Annotated[asyncio.Event, Depends(_draining)]

@@ -180,7 +180,7 @@ class Database:
 
 # async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.
 async def _database(request: Request) -> Database:
-    database: Database = request.app.state.database
+    database: Database = request.state.database
     return database
 
 

@@ -108,7 +108,7 @@ class RateLimits:
 
 # async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.
 async def _rate_limits(request: Request) -> RateLimits:
-    limits: RateLimits = request.app.state.rate_limits
+    limits: RateLimits = request.state.limits
     return limits
 
 

@@ -13,9 +13,10 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
+from fastapi import Depends, Request
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import NoOpTracer, Tracer
 
@@ -327,3 +328,12 @@ class Hub:
         if conn is not None and not conn.is_closed():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
+
+
+# async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.
+async def _hub(request: Request) -> Hub:
+    hub: Hub = request.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(_hub)]

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -19,7 +19,7 @@ from chat_api.core.errors import Problem, not_found, problem_responses
 from chat_api.core.paths import parse_room_id
 from chat_api.core.ratelimit import Action, RateLimitsDep
 from chat_api.events.cursor import Cursor, MalformedCursor
-from chat_api.events.hub import END, Hub, ShuttingDown, Subscription, TooManyStreams
+from chat_api.events.hub import END, HubDep, ShuttingDown, Subscription, TooManyStreams
 from chat_api.events.reader import check_cursor, replay, reset_frame
 
 router = APIRouter(tags=["events"])
@@ -46,9 +46,9 @@ continue from its id. A comment line is sent as a heartbeat."""
     },
 )
 async def events(
-    request: Request,
     user: CurrentUser,
     db: DatabaseDep,
+    hub: HubDep,
     settings: AppSettings,
     limits: RateLimitsDep,
     room_id: Annotated[str | None, Query(description="Only this room's events")] = None,
@@ -75,7 +75,6 @@ async def events(
         # not a 200 whose body breaks off.
         async with db.connection() as conn:
             reset_to = await check_cursor(conn, start)
-    hub: Hub = request.app.state.hub
     try:
         subscription, head = await hub.subscribe(user, room)
     except TooManyStreams:

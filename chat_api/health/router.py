@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+from chat_api.core.config import Draining
 from chat_api.core.db import DatabaseDep, DatabaseUnavailable
 from chat_api.core.errors import problem_response, problem_responses
 from chat_api.core.schema import SCHEMA_REVISION
@@ -31,9 +32,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=problem_responses(503))
-async def readyz(request: Request, db: DatabaseDep) -> Response:
+async def readyz(db: DatabaseDep, draining: Draining) -> Response:
     """Ready for traffic: the database answers and its schema is at this release's revision or ahead."""
-    if request.app.state.draining.is_set():
+    if draining.is_set():
         return _not_ready("shutting down")
     try:
         # Probes run every few seconds: keep their statements out of the traces.

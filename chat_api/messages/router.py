@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
@@ -12,6 +12,7 @@ from chat_api.core.db import DatabaseDep
 from chat_api.core.errors import Problem, problem_responses
 from chat_api.core.paths import RoomId
 from chat_api.core.ratelimit import Action, RateLimitsDep
+from chat_api.core.telemetry import MetricsDep
 from chat_api.messages import service
 from chat_api.messages.schemas import MAX_SEQ, Message, MessageEdit, MessagePage, NewMessage, ReadMarker
 
@@ -40,13 +41,13 @@ def _check_length(body: str, settings: AppSettings) -> None:
     },
 )
 async def send_message(
-    request: Request,
     room_id: RoomId,
     new: NewMessage,
     user: CurrentUser,
     db: DatabaseDep,
     settings: AppSettings,
     limits: RateLimitsDep,
+    metrics: MetricsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -60,7 +61,7 @@ async def send_message(
     sent = await service.send(db, room_id, user, new.body, new.reply_to, idempotency_key)
     if sent.replayed:
         return Response(sent.json, status_code=200, media_type=JSON, headers={"Idempotent-Replayed": "true"})
-    request.app.state.metrics.messages_sent.add(1)
+    metrics.messages_sent.add(1)
     return Response(sent.json, status_code=201, media_type=JSON)
 
 

@@ -31,7 +31,7 @@ router = APIRouter(tags=["dev"])
 @router.post("/dev/token", response_model=DevToken)
 async def dev_token(new: DevTokenRequest, request: Request) -> DevToken:
     """Mint a bearer token for any user id (`chat-api dev` only; absent in `serve`)."""
-    settings: Settings = request.app.state.settings
+    settings: Settings = request.state.settings
     secret = settings.jwt_signing_secret()
     assert secret is not None  # create_dev_app refuses to start without one
     token = mint_token(secret, new.sub, DEV_TOKEN_TTL)
