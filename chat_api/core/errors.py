@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -92,8 +92,32 @@ class Problem(Exception):
         self.extensions = extensions
 
 
-def not_found(what: str = "resource") -> Problem:
-    return Problem(404, f"No such {what}.")
+class DomainError(Exception):
+    """An error a service raises in its own words; each package defines its own (rooms/errors.py,
+    messages/errors.py), with the HTTP status and problem kind it is answered with, here, once."""
+
+    status: ClassVar[int] = 400
+    kind: ClassVar[str | None] = None
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(DomainError):
+    """No such thing, or one the caller may not see (a room it is not a member of): the same 404."""
+
+    status = 404
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"No such {what}.")
+
+
+class NotAMember(NotFound):
+    """The caller is not a member of the room (or it does not exist): never a 403, no existence leak."""
+
+    def __init__(self) -> None:
+        super().__init__("room")
 
 
 def problem_response(
@@ -114,6 +138,11 @@ def problem_response(
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/problem+json", headers=headers
     )
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return problem_response(exc.status, exc.detail, kind=exc.kind)
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
@@ -165,6 +194,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
+    app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DatabaseUnavailable, _database_unavailable)

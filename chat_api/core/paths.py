@@ -8,14 +8,14 @@ from typing import Annotated
 
 from fastapi import Depends, Path
 
-from chat_api.core.errors import not_found
+from chat_api.core.errors import NotAMember
 
 
 def parse_room_id(raw: str) -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise not_found("room") from None
+        raise NotAMember from None
 
 
 # async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.

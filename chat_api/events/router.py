@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DatabaseDep, DatabaseUnavailable
-from chat_api.core.errors import Problem, not_found, problem_responses
+from chat_api.core.errors import NotAMember, Problem, problem_responses
 from chat_api.core.paths import parse_room_id
 from chat_api.core.ratelimit import Action, RateLimitsDep
 from chat_api.events.cursor import Cursor, MalformedCursor
@@ -68,7 +68,7 @@ async def events(
     if room is not None:
         async with db.connection() as conn:
             if await conn.fetchval(_IS_MEMBER, room, user) is None:
-                raise not_found("room")
+                raise NotAMember
     reset_to = None
     if start is not None:
         # Before anything is sent: a database that is down makes this a 503 the client retries,

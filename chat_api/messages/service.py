@@ -15,10 +15,17 @@ import asyncpg
 import orjson
 
 from chat_api.core.db import Database
-from chat_api.core.errors import Problem, not_found
+from chat_api.core.errors import NotAMember
 from chat_api.events import log
 from chat_api.events.contract import EventKind, room_lock_key, sql_envelope
 from chat_api.events.log import NOTIFY_SQL
+from chat_api.messages.errors import (
+    IdempotencyKeyReused,
+    MessageDeleted,
+    NoSuchMessage,
+    NoSuchReplyTarget,
+    NotAllowed,
+)
 
 # A send is one call of the database function chat_send() (migration 0003), on its own: it takes the
 # room lock, then the next seq (only if the sender is a member, the reply target exists and the
@@ -138,17 +145,13 @@ async def _explain_unsent(
     # key waited on the unique index for the first one to commit, so the original is visible here.
     row = await conn.fetchrow(_SEND_DIAGNOSIS, room_id, sender, idempotency_key)
     if not row["member"]:
-        raise not_found("room")
+        raise NotAMember
     if row["keyed_json"] is not None:
         if row["keyed_room"] != room_id or row["keyed_hash"] != fingerprint:
-            raise Problem(
-                422,
-                "This Idempotency-Key was already used for a different request.",
-                kind="idempotency-key-reused",
-            )
+            raise IdempotencyKeyReused
         return Sent(json=row["keyed_json"], replayed=True)
     if reply_to is not None:
-        raise Problem(422, f"reply_to: no message {reply_to} in this room.", kind="validation")
+        raise NoSuchReplyTarget(reply_to)
     raise RuntimeError("send affected no row for no known reason")
 
 
@@ -175,7 +178,7 @@ async def history(
     async with db.connection() as conn:
         rows = await conn.fetch(_PAGES[direction], *args)
     if not rows:
-        raise not_found("room")
+        raise NotAMember
     items = [row[0] for row in rows if row[0] is not None]
     has_more = len(items) > limit
     items = items[:limit]
@@ -188,9 +191,9 @@ async def get_one(db: Database, room_id: uuid.UUID, user: str, seq: int) -> str:
     async with db.connection() as conn:
         row = await conn.fetchrow(_ONE, room_id, user, seq)
     if row is None:
-        raise not_found("room")
+        raise NotAMember
     if row[0] is None:
-        raise not_found("message")
+        raise NoSuchMessage
     return str(row[0])
 
 
@@ -199,9 +202,9 @@ async def _locked_target(conn: asyncpg.Connection, room_id: uuid.UUID, user: str
     await log.lock_room(conn, room_id)
     target = await conn.fetchrow(_TARGET, room_id, user, seq)
     if target is None:
-        raise not_found("room")
+        raise NotAMember
     if target["sender"] is None:
-        raise not_found("message")
+        raise NoSuchMessage
     return target
 
 
@@ -209,9 +212,9 @@ async def edit(db: Database, room_id: uuid.UUID, user: str, seq: int, body: str)
     async with db.transaction() as conn:
         target = await _locked_target(conn, room_id, user, seq)
         if target["sender"] != user:
-            raise Problem(403, "Only the sender can edit a message.", kind="forbidden")
+            raise NotAllowed("Only the sender can edit a message.")
         if target["deleted"]:
-            raise Problem(409, "A deleted message cannot be edited.", kind="message-deleted")
+            raise MessageDeleted
         return str(await conn.fetchval(_EDIT, room_id, seq, body))
 
 
@@ -219,7 +222,7 @@ async def delete(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:
     async with db.transaction() as conn:
         target = await _locked_target(conn, room_id, user, seq)
         if target["sender"] != user and target["role"] != "owner":
-            raise Problem(403, "Only the sender or the room's owner can delete a message.", kind="forbidden")
+            raise NotAllowed("Only the sender or the room's owner can delete a message.")
         if target["deleted"]:
             return  # already a tombstone: deleting again changes nothing
         await conn.execute(_DELETE, room_id, seq)
@@ -228,4 +231,4 @@ async def delete(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:
 async def mark_read(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:
     async with db.connection() as conn:
         if await conn.fetchval(_MARK_READ, room_id, user, seq) is None:
-            raise not_found("room")
+            raise NotAMember

@@ -13,10 +13,17 @@ import asyncpg
 import orjson
 
 from chat_api.core.db import Database
-from chat_api.core.errors import Problem, not_found
+from chat_api.core.errors import NotAMember
 from chat_api.events import log
 from chat_api.events.contract import EventKind
 from chat_api.events.cursor import Cursor
+from chat_api.rooms.errors import (
+    MalformedPageCursor,
+    NoSuchMember,
+    NotOwner,
+    OnlyLeavingMayStayOut,
+    RefusesToBeAdded,
+)
 from chat_api.rooms.schemas import Member, Room, RoomDetail, RoomPage
 
 # Counting unread messages reads at most this many index entries per room; beyond it the count
@@ -82,7 +89,7 @@ def _decode_page_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
         (micros,) = struct.unpack(">q", packed[:8])
         return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros), uuid.UUID(bytes=packed[8:])
     except (ValueError, binascii.Error, OverflowError):
-        raise Problem(400, "cursor: not a cursor this service handed out.", kind="malformed-cursor") from None
+        raise MalformedPageCursor from None
 
 
 async def list_rooms(db: Database, user: str, limit: int, cursor: str | None) -> RoomPage:
@@ -105,7 +112,7 @@ async def list_rooms(db: Database, user: str, limit: int, cursor: str | None) ->
 async def _detail(conn: asyncpg.Connection, room_id: uuid.UUID, user: str) -> RoomDetail:
     row = await conn.fetchrow(_ONE, room_id, user)
     if row is None:
-        raise not_found("room")
+        raise NotAMember
     members = await conn.fetch(_MEMBERS, room_id)
     return RoomDetail(**_room(row).model_dump(), members=[Member(**m) for m in members])
 
@@ -138,16 +145,16 @@ async def add_member(db: Database, room_id: uuid.UUID, caller: str, user_id: str
         await log.lock_room(conn, room_id)
         me = await _member(conn, room_id, caller)
         if me is None:
-            raise not_found("room")
+            raise NotAMember
         if me["role"] != "owner":
-            raise Problem(403, "Only the room's owner can add members.", kind="forbidden")
+            raise NotOwner("Only the room's owner can add members.")
         existing = await _member(conn, room_id, user_id)
         if existing is not None:
             return Member(
                 user_id=user_id, role=existing["role"], last_read_seq=existing["last_read_seq"]
             ), False
         if await conn.fetchval(_REFUSED, room_id, user_id):
-            raise Problem(403, "This user left the room and asked not to be added again.", kind="refused")
+            raise RefusesToBeAdded
         await conn.execute(_INSERT_MEMBER, room_id, user_id, "member")
         member = Member(user_id=user_id, role="member", last_read_seq=0)
         await _log_member_change(conn, room_id, EventKind.MEMBER_ADDED, member)
@@ -160,17 +167,17 @@ async def remove_member(
     """The owner removes anyone; a member removes itself (leaves), with `stay_out` for good: nobody
     can add it to this room again."""
     if stay_out and caller != user_id:
-        raise Problem(422, "stay_out: only a member leaving a room can ask to stay out.", kind="validation")
+        raise OnlyLeavingMayStayOut
     async with db.transaction() as conn:
         await log.lock_room(conn, room_id)
         me = await _member(conn, room_id, caller)
         if me is None:
-            raise not_found("room")
+            raise NotAMember
         if caller != user_id and me["role"] != "owner":
-            raise Problem(403, "Only the room's owner can remove other members.", kind="forbidden")
+            raise NotOwner("Only the room's owner can remove other members.")
         removed = await conn.fetchrow(_DELETE_MEMBER, room_id, user_id)
         if removed is None:
-            raise not_found("member")
+            raise NoSuchMember
         if stay_out:
             await conn.execute(_REFUSE, room_id, user_id)
         await _log_member_change(conn, room_id, EventKind.MEMBER_REMOVED, Member(**removed))
