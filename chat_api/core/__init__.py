@@ -1,0 +1,1 @@
+"""Plumbing every package uses: configuration, the database, errors, limits, logging, telemetry."""

@@ -1,0 +1,1 @@
+"""Messages: send, history, edit, delete, read markers."""
