@@ -27,7 +27,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 import chat_api.auth.tokens
 from chat_api import cli
-from chat_api.core.config import parse_jwt_keys
+from chat_api.auth.tokens import TokenVerifier
+from chat_api.core.config import load_settings, parse_jwt_keys
 from chat_api.core.secretfile import RECHECK_SECONDS, SecretFile
 from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, assert_problem
 from tests.secretvolume import SecretVolume
@@ -214,6 +215,7 @@ class JwksServer:
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.document: Any = None  # when set, served instead of {"keys": keys}
+        self.delay = 0.0  # seconds each answer takes (a slow issuer)
         self.requests = 0
         self._lock = threading.Lock()
         jwks = self
@@ -224,6 +226,7 @@ class JwksServer:
                     jwks.requests += 1
                     document = jwks.document if jwks.document is not None else {"keys": list(jwks.keys)}
                     body = json.dumps(document).encode()
+                time.sleep(jwks.delay)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -392,6 +395,40 @@ async def test_jwks_document_that_is_not_an_object_is_a_401_not_a_500(
     app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url)
     token = signed(keys["rsa"], "rsa-1")
     await assert_refused(app.url, f"Bearer {token}")
+
+
+def jwks_verifier(jwks: JwksServer) -> TokenVerifier:
+    """A verifier of JWKS tokens without a server (no database)."""
+    settings = load_settings(
+        database_url=None,
+        database_url_file=None,
+        jwt_secret=None,
+        jwt_secret_file=None,
+        jwt_jwks_url=jwks.url,
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+    )
+    return TokenVerifier(settings)
+
+
+async def test_jwks_refresh_after_expiry_is_single_flight(jwks: JwksServer, keys: dict[str, Any]) -> None:
+    """Security review finding 5: when the cached key set expired, every verification queued behind
+    the refresh fetched again (15 concurrent verifications: 15 fetches)."""
+    jwks.publish(rsa_jwk(keys["rsa"], "rsa-1"))
+    verifier = jwks_verifier(jwks)
+    token = signed(keys["rsa"], "rsa-1", iss=ISSUER, aud=AUDIENCE)
+    await verifier.subject(token)
+    assert jwks.fetches == 1
+    assert verifier.jwks is not None
+    verifier.jwks.fetched_at -= chat_api.auth.tokens.JWKS_MAX_AGE_SECONDS + 1  # the cache expires
+    jwks.delay = 0.3
+    subjects = await asyncio.gather(*(verifier.subject(token) for _ in range(15)))
+    assert len(set(subjects)) == 1
+    assert jwks.fetches == 2, "one fetch per expiry; the waiters use its result"
+    # A cold cache too: 15 verifications at once before any key is known make one fetch.
+    cold = jwks_verifier(jwks)
+    await asyncio.gather(*(cold.subject(token) for _ in range(15)))
+    assert jwks.fetches == 3
 
 
 # --- chat-api token --------------------------------------------------------------------------------
