@@ -38,17 +38,23 @@ class JwksCache:
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
-        stale = time.monotonic() - self.fetched_at > JWKS_MAX_AGE_SECONDS
+        seen = self.fetched_at
+        stale = time.monotonic() - seen > JWKS_MAX_AGE_SECONDS
         if stale or kid not in self.keys:
-            await self._refresh(force=stale)
+            await self._refresh(seen, force=stale)
         if kid is None and len(self.keys) == 1:
             return next(iter(self.keys.values()))
         if kid is None or kid not in self.keys:
             raise InvalidToken("signing key is unknown")
         return self.keys[kid]
 
-    async def _refresh(self, *, force: bool) -> None:
+    async def _refresh(self, seen: float, *, force: bool) -> None:
+        """Fetches the key set, once for everyone waiting: `seen` is the fetch the caller found
+        wanting; if another one finished while the caller waited for the lock, its result is used
+        (single flight: one fetch per expiry, however many requests queued behind it)."""
         async with self._lock:
+            if self.fetched_at != seen:
+                return
             if not force and time.monotonic() - self.fetched_at < JWKS_MIN_REFRESH_SECONDS:
                 return
             import httpx  # only JWKS deployments need it: keeps it out of start-up otherwise
