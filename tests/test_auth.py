@@ -10,7 +10,10 @@ import hmac
 import http.server
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +33,7 @@ from chat_api import cli
 from chat_api.auth.tokens import TokenVerifier
 from chat_api.core.config import load_settings, parse_jwt_keys
 from chat_api.core.secretfile import RECHECK_SECONDS, SecretFile
-from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, assert_problem
+from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, assert_problem, free_port
 from tests.secretvolume import SecretVolume
 
 ROOMS = "/v1/rooms"
@@ -204,6 +207,86 @@ async def test_issuer_and_audience_are_enforced(start_server: ServerFactory) -> 
         claims(iss=ISSUER),  # no aud
     ]:
         await assert_refused(app.url, f"Bearer {hs256(payload)}")
+
+
+# --- issuer and audience are required with a JWKS ------------------------------------------------
+
+
+def serve_env(**extra: str) -> dict[str, str]:
+    """An environment for `chat-api serve` without any chat-api setting of this machine."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CHAT_API_") and k not in ("DATABASE_URL", "DATABASE_URL_FILE")
+    }
+    env.update(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", CHAT_API_PORT=str(free_port()))
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ({}, "CHAT_API_JWT_AUDIENCE"),
+        ({"CHAT_API_JWT_AUDIENCE": AUDIENCE}, "CHAT_API_JWT_ISSUER"),
+        ({"CHAT_API_JWT_ISSUER": ISSUER}, "CHAT_API_JWT_AUDIENCE"),
+    ],
+)
+def test_serve_with_a_jwks_url_refuses_to_start_without_audience_and_issuer(
+    given: dict[str, str], missing: str
+) -> None:
+    """Security review finding 2: with a JWKS, audience and issuer were optional, so a token the issuer
+    made for any other service of the same identity provider was accepted here."""
+    env = serve_env(CHAT_API_JWT_JWKS_URL="https://issuer.test/jwks.json", **given)
+    done = subprocess.run(
+        [sys.executable, "-m", "chat_api", "serve"], env=env, capture_output=True, text=True, timeout=20
+    )
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and missing in lines[0], done.stderr
+    assert done.stdout == ""
+
+
+def test_serve_with_hs256_warns_at_start_up_without_audience_and_issuer() -> None:
+    env = serve_env(CHAT_API_JWT_SECRET=TEST_SECRET, CHAT_API_LOG_FORMAT="json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chat_api", "serve"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "started" in line:
+                break
+    finally:
+        proc.kill()
+        proc.wait(10)
+    warnings = [json.loads(line) for line in seen if line.startswith("{") and '"WARNING"' in line]
+    messages = [w.get("message", w.get("msg", "")) for w in warnings]
+    assert any("CHAT_API_JWT_AUDIENCE" in m and "CHAT_API_JWT_ISSUER" in m for m in messages), seen
+    assert TEST_SECRET not in "".join(seen)
+
+
+async def test_jwks_token_for_another_audience_or_issuer_is_refused(
+    start_server: ServerFactory, jwks: JwksServer, keys: dict[str, Any]
+) -> None:
+    jwks.publish(rsa_jwk(keys["rsa"], "rsa-1"))
+    app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url, jwt_audience=AUDIENCE, jwt_issuer=ISSUER)
+    await assert_accepted(app.url, signed(keys["rsa"], "rsa-1", iss=ISSUER, aud=AUDIENCE))
+    body = await assert_refused(app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', iss=ISSUER, aud='other')}")
+    assert "audience" in body["detail"]
+    await assert_refused(app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', iss=ISSUER)}")
+    await assert_refused(app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', iss='https://evil.test', aud=AUDIENCE)}")
 
 
 # --- JWKS ------------------------------------------------------------------------------------------
