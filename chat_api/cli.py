@@ -61,6 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.require_database()
     settings.require_auth()
     configure_logging(settings)
+    for warning in settings.auth_warnings():
+        log.warning(warning)
     from chat_api.app import create_app
 
     run_server(create_app(settings), settings.host, settings.port, behind_proxy=True)

@@ -197,6 +197,24 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "CHAT_API_JWT_SECRET (or CHAT_API_JWT_SECRET_FILE, or CHAT_API_JWT_JWKS_URL) is not set"
             )
+        if self.jwt_jwks_url is not None:
+            # An identity provider signs tokens for many services with the same keys: without both
+            # checks a token it made for any of them would be accepted here.
+            for name, value in (
+                ("CHAT_API_JWT_AUDIENCE", self.jwt_audience),
+                ("CHAT_API_JWT_ISSUER", self.jwt_issuer),
+            ):
+                if value is None:
+                    raise ConfigError(f"{name} is not set (required with CHAT_API_JWT_JWKS_URL)")
+
+    def auth_warnings(self) -> list[str]:
+        """What `serve` warns about at start-up: settings that work but check less than they could."""
+        if self.jwt_jwks_url is None and (self.jwt_audience is None or self.jwt_issuer is None):
+            return [
+                "CHAT_API_JWT_AUDIENCE and CHAT_API_JWT_ISSUER are not both set: HS256 tokens are "
+                "accepted for any audience and issuer; set them if other services share the key"
+            ]
+        return []
 
     def jwt_signing_secret(self) -> str | None:
         """The HS256 key that signs: CHAT_API_JWT_SECRET, else the first key in the file (read now)."""

@@ -443,7 +443,7 @@ async def test_jwks_rotation_retires_the_old_key_and_refused_tokens_store_nothin
     monkeypatch.setattr(chat_api.auth.tokens, "JWKS_MIN_REFRESH_SECONDS", 0.0)
     old, new, forger = rsa_key(), rsa_key(), rsa_key()
     jwks.publish(rsa_jwk(old, "key-1"))
-    app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url)
+    app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
     sub = f"rotating-{uuid.uuid4().hex[:8]}"
     assert (
         await _create_room_as(app.url, signed(old, "key-1", sub=sub), "before rotation")
@@ -458,7 +458,7 @@ async def test_jwks_rotation_retires_the_old_key_and_refused_tokens_store_nothin
         "retired key": signed(old, "key-1", sub=sub),
         "forged with the new kid": signed(forger, "key-2", sub=sub),
         "unknown kid": signed(forger, "key-3", sub=sub),
-        "HS256 under a JWKS": hs256(claims(sub)),
+        "HS256 under a JWKS": hs256(good(sub)),
     }
     for label, token in refused.items():
         r = await _create_room_as(app.url, token, f"refused: {label}")
