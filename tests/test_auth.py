@@ -193,6 +193,57 @@ async def test_refusal_challenge_is_a_well_formed_bearer_challenge(server: Runni
         assert dict(parsed).get("error") == "invalid_token", challenge
 
 
+# --- strict time claims and the longest lifetime -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exp": "__exp__"},  # a string holding a number was accepted (PyJWT calls int() on it)
+        {"iat": "__iat__"},
+        {"nbf": "__iat__"},
+        {"exp": True},
+        {"iat": [1]},
+        {"exp": 1e400},  # JSON's largest floats turn into infinity
+    ],
+    ids=["string exp", "string iat", "string nbf", "boolean exp", "list iat", "infinite exp"],
+)
+async def test_time_claims_that_are_not_numbers_are_refused(
+    server: RunningServer, changes: dict[str, Any]
+) -> None:
+    """Security review finding 3: `exp`, `nbf` and `iat` must be JSON numbers."""
+    payload = claims()
+    for name, value in changes.items():
+        payload[name] = (
+            str(payload["exp"]) if value == "__exp__" else str(payload["iat"]) if value == "__iat__" else value
+        )
+    await assert_refused(server.url, f"Bearer {hs256(payload)}")
+
+
+async def test_tokens_living_longer_than_the_maximum_are_refused(
+    server: RunningServer, start_server: ServerFactory
+) -> None:
+    """Security review finding 3: a token could live for ever (exp = 10^30 was accepted). The default
+    maximum lifetime (exp - iat) is 24 hours, and `iat` is required while there is one."""
+    now = int(time.time())
+    await assert_accepted(server.url, hs256(claims(iat=now, exp=now + 86400)))
+    body = await assert_refused(server.url, f"Bearer {hs256(claims(iat=now, exp=now + 86401))}")
+    assert "lifetime" in body["detail"]
+    await assert_refused(server.url, f"Bearer {hs256(claims(iat=now, exp=10**30))}")
+    await assert_refused(server.url, f"Bearer {hs256(claims(iat=now - 10**9, exp=now + 60))}")
+    no_iat = claims()
+    del no_iat["iat"]
+    body = await assert_refused(server.url, f"Bearer {hs256(no_iat)}")
+    assert "iat" in body["detail"]
+
+    short = await start_server(jwt_max_lifetime_seconds=60)
+    await assert_accepted(short.url, hs256(claims(ttl=60)))
+    await assert_refused(short.url, f"Bearer {hs256(claims(ttl=61))}")
+    off = await start_server(jwt_max_lifetime_seconds=0)  # 0 turns the check off (and iat optional)
+    await assert_accepted(off.url, hs256(claims(ttl=10 * 86400)))
+    await assert_accepted(off.url, hs256(no_iat))
+
+
 # --- issuer and audience ---------------------------------------------------------------------------
 
 
@@ -523,6 +574,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "CHAT_API_JWT_SECRET",
         "CHAT_API_JWT_SECRET_FILE",
         "CHAT_API_JWT_JWKS_URL",
+        "CHAT_API_JWT_MAX_LIFETIME_SECONDS",
         "DATABASE_URL",
         "DATABASE_URL_FILE",
     ):
@@ -543,6 +595,22 @@ async def test_token_command_prints_a_token_the_server_accepts(
     assert abs(decoded["exp"] - (time.time() + 60)) <= 5
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     await assert_accepted(server.url, token)
+
+
+def test_token_command_refuses_a_ttl_beyond_the_maximum_lifetime(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env(monkeypatch)
+    monkeypatch.setenv("CHAT_API_JWT_SECRET", TEST_SECRET)
+    assert cli.main(["token", "bob", "--ttl", "86401"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "CHAT_API_JWT_MAX_LIFETIME_SECONDS" in lines[0], captured.err
+    assert cli.main(["token", "bob", "--ttl", "86400"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("CHAT_API_JWT_MAX_LIFETIME_SECONDS", "0")
+    assert cli.main(["token", "bob", "--ttl", str(30 * 86400)]) == 0
 
 
 def test_token_command_without_secret_exits_2_naming_the_variable(
