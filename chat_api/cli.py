@@ -112,6 +112,14 @@ def cmd_token(args: argparse.Namespace) -> int:
         raise ConfigError(
             "CHAT_API_JWT_SECRET (or CHAT_API_JWT_SECRET_FILE) is not set (tokens are signed with it)"
         )
+    longest = settings.jwt_max_lifetime_seconds
+    if longest and args.ttl > longest:
+        print(
+            f"chat-api: token: --ttl {args.ttl} is longer than CHAT_API_JWT_MAX_LIFETIME_SECONDS "
+            f"({longest}): the service would refuse the token",
+            file=sys.stderr,
+        )
+        return 2
     print(mint_token(secret, args.sub, args.ttl))
     return 0
 

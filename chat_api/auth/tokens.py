@@ -23,6 +23,10 @@ JWKS_MIN_REFRESH_SECONDS = 10.0  # an unknown kid triggers a refetch at most thi
 JWKS_MAX_AGE_SECONDS = 3600.0
 
 
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_NUMBERS = (int, float)  # exact types: bool is an int to isinstance(); inf never gets here (int() fails)
+
+
 class InvalidToken(Exception):
     """The token is missing, malformed, unsigned, expired or not for us. The message is a short fixed
     phrase: it goes into the WWW-Authenticate challenge, where quotes are not allowed."""
@@ -91,11 +95,13 @@ class TokenVerifier:
         elif settings.jwt_secret_file is not None:
             self.secret_file = SecretFile(settings.jwt_secret_file, _encoded_keys, "CHAT_API_JWT_SECRET_FILE")
         self.jwks = JwksCache(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+        self.max_lifetime = settings.jwt_max_lifetime_seconds
+        required = ["exp", "sub", "iat"] if self.max_lifetime else ["exp", "sub"]
         self._checks: dict[str, Any] = {
             "audience": settings.jwt_audience,
             "issuer": settings.jwt_issuer,
             "leeway": LEEWAY_SECONDS,
-            "options": {"require": ["exp", "sub"], "verify_aud": settings.jwt_audience is not None},
+            "options": {"require": required, "verify_aud": settings.jwt_audience is not None},
         }
 
     async def subject(self, token: str) -> str:
@@ -124,6 +130,12 @@ class TokenVerifier:
             raise InvalidToken("token is malformed") from None
         except jwt.InvalidTokenError:
             raise InvalidToken("token is not valid") from None
+        # PyJWT compares int(claim), so "1e9" (a string) or true passed; NumericDate is a JSON number.
+        for name in _TIME_CLAIMS:
+            if name in claims and type(claims[name]) not in _NUMBERS:
+                raise InvalidToken(f"token {name} claim is not a number")
+        if self.max_lifetime and claims["exp"] - claims["iat"] > self.max_lifetime:
+            raise InvalidToken("token lifetime is longer than this service accepts")
         subject = claims["sub"]
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS or not storable(subject):
             raise InvalidToken("token subject is not valid")

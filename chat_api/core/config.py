@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     jwt_jwks_url: str | None = Field(None, validation_alias=env("CHAT_API_JWT_JWKS_URL"))
     jwt_issuer: str | None = Field(None, validation_alias=env("CHAT_API_JWT_ISSUER"))
     jwt_audience: str | None = Field(None, validation_alias=env("CHAT_API_JWT_AUDIENCE"))
+    # The longest lifetime (exp - iat) of an accepted token; `iat` is then required. 0: no limit.
+    jwt_max_lifetime_seconds: int = Field(
+        86400, ge=0, validation_alias=env("CHAT_API_JWT_MAX_LIFETIME_SECONDS")
+    )
 
     host: str = Field("0.0.0.0", validation_alias=env("CHAT_API_HOST"))  # noqa: S104 - a container listens on all
     port: int = Field(8080, ge=1, le=65535, validation_alias=env("CHAT_API_PORT"))
