@@ -215,7 +215,11 @@ async def test_time_claims_that_are_not_numbers_are_refused(
     payload = claims()
     for name, value in changes.items():
         payload[name] = (
-            str(payload["exp"]) if value == "__exp__" else str(payload["iat"]) if value == "__iat__" else value
+            str(payload["exp"])
+            if value == "__exp__"
+            else str(payload["iat"])
+            if value == "__iat__"
+            else value
         )
     await assert_refused(server.url, f"Bearer {hs256(payload)}")
 
@@ -337,7 +341,9 @@ async def test_jwks_token_for_another_audience_or_issuer_is_refused(
     body = await assert_refused(app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', iss=ISSUER, aud='other')}")
     assert "audience" in body["detail"]
     await assert_refused(app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', aud=None)}")
-    await assert_refused(app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', iss='https://evil.test', aud=AUDIENCE)}")
+    await assert_refused(
+        app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', iss='https://evil.test', aud=AUDIENCE)}"
+    )
 
 
 # --- JWKS ------------------------------------------------------------------------------------------
@@ -431,7 +437,9 @@ def keys() -> dict[str, Any]:
 async def jwks_app(start_server: ServerFactory, jwks: JwksServer, keys: dict[str, Any]) -> RunningServer:
     jwks.publish(rsa_jwk(keys["rsa"], "rsa-1"))
     jwks.publish(ec_jwk(keys["ec"], "ec-1"))
-    return await start_server(jwt_secret=None, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
+    return await start_server(
+        jwt_secret=None, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE
+    )
 
 
 async def test_jwks_rs256_and_es256_tokens_are_accepted_and_keys_cached(

@@ -35,15 +35,16 @@ class BearerUser(HTTPBearer):
             )
         verifier: TokenVerifier = request.app.state.verifier
         try:
-            user = await verifier.subject(token)
+            principal = await verifier.verify(token)
         except InvalidToken as exc:
             challenge = f'Bearer realm="chat-api", error="invalid_token", error_description="{exc}"'
             headers = {"WWW-Authenticate": challenge}
             raise Problem(
                 401, f"The bearer token was refused: {exc}.", kind="unauthorized", headers=headers
             ) from None
-        request.state.user = user
-        return user
+        request.state.user = principal.user
+        request.state.principal = principal  # GET /v1/events ends the stream at its expiry
+        return principal.user
 
 
 current_user = BearerUser(scheme_name="HTTPBearer", description="A JWT whose `sub` is the user id.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 
@@ -25,6 +25,14 @@ JWKS_MAX_AGE_SECONDS = 3600.0
 
 _TIME_CLAIMS = ("exp", "nbf", "iat")
 _NUMBERS = (int, float)  # exact types: bool is an int to isinstance(); inf never gets here (int() fails)
+
+
+class Principal(NamedTuple):
+    """Who a verified credential speaks for, and until when (its `exp`, seconds since the epoch):
+    a stream opened with it ends there (chat_api/events/hub.py)."""
+
+    user: str
+    expires_at: float
 
 
 class InvalidToken(Exception):
@@ -106,6 +114,10 @@ class TokenVerifier:
 
     async def subject(self, token: str) -> str:
         """The verified token's `sub`, or InvalidToken."""
+        return (await self.verify(token)).user
+
+    async def verify(self, token: str) -> Principal:
+        """The verified token's `sub` and `exp`, or InvalidToken."""
         try:
             if self.jwks is None:
                 claims = self._hs256(token)
@@ -139,7 +151,7 @@ class TokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS or not storable(subject):
             raise InvalidToken("token subject is not valid")
-        return subject
+        return Principal(subject, claims["exp"])
 
     def _hs256(self, token: str) -> dict[str, Any]:
         """Claims of a token signed with one of the keys. The signing (first) key is tried first, so a

@@ -17,6 +17,8 @@ import asyncpg
 from chat_api.core.wire import room_lock_key
 
 NOTIFY_CHANNEL = "chat_events"
+# Operators' orders to every replica's hub (`chat-api revoke-streams`); the payload is a user id.
+CONTROL_CHANNEL = "chat_control"
 # The NOTIFY is a doorbell: it carries no data, readers go to the log.
 NOTIFY_SQL = f"pg_notify('{NOTIFY_CHANNEL}', '')"
 

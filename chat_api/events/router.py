@@ -35,7 +35,9 @@ STREAM_DOC = """Server-sent events for every change you may see, in log order (p
 `seq`). Frames: `id: <cursor>`, `event: <type>`, `data: {"room_id", "seq", "message"|"member"|"room"}`.
 Resume with `Last-Event-ID` (or `?cursor=`, e.g. `stream_cursor` of GET /v1/rooms): missed events are
 replayed, then live. `event: reset` means the cursor is older than the retained log: reload, then
-continue from its id. A comment line is sent as a heartbeat."""
+continue from its id. A comment line is sent as a heartbeat. The stream ends when the token expires
+(or an operator revokes the user's streams) with `event: reauth` (no `id`): reconnect with a fresh
+token and `Last-Event-ID`; nothing is lost."""
 
 
 @router.get(
@@ -78,7 +80,7 @@ async def events(
             reset_to = await check_cursor(conn, start)
     hub: Hub = request.app.state.hub
     try:
-        subscription, head = await hub.subscribe(user, room)
+        subscription, head = await hub.subscribe(user, room, request.state.principal.expires_at)
     except TooManyStreams:
         raise Problem(
             429,
