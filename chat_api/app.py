@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 import chat_api
+from chat_api.auth.streamcookie import stream_credentials
 from chat_api.auth.tokens import TokenVerifier
 from chat_api.core.access import AccessLog
 from chat_api.core.bodylimit import BodySizeLimit
@@ -111,7 +112,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.telemetry = telemetry
     app.state.rate_limits = RateLimits(settings)
-    app.state.verifier = TokenVerifier(settings)
+    app.state.verifier = verifier = TokenVerifier(settings)
+    # The web client's stream cookie (chat_api/auth/streamcookie.py); None: no cookie is accepted.
+    app.state.stream_credentials = stream_credentials(settings, verifier) if settings.web_client else None
     # Set once shutdown begins: /readyz answers 503 and open streams end.
     app.state.draining = asyncio.Event()
     install_problem_handlers(app)

@@ -153,11 +153,15 @@ class TokenVerifier:
             raise InvalidToken("token subject is not valid")
         return Principal(subject, claims["exp"])
 
+    def hs256_keys(self) -> tuple[bytes, ...]:
+        """The HS256 keys now (the first signs); empty with a JWKS."""
+        return self.secrets if self.secret_file is None else self.secret_file.current()
+
     def _hs256(self, token: str) -> dict[str, Any]:
         """Claims of a token signed with one of the keys. The signing (first) key is tried first, so a
         single key costs one decode as before; the others only for a token that it does not verify
         (an old key during a rotation). The signature is checked before any claim."""
-        secrets = self.secrets if self.secret_file is None else self.secret_file.current()
+        secrets = self.hs256_keys()
         try:
             return jwt.decode(token, secrets[0], algorithms=SYMMETRIC_ALGORITHMS, **self._checks)
         except jwt.InvalidSignatureError:

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         86400, ge=0, validation_alias=env("CHAT_API_JWT_MAX_LIFETIME_SECONDS")
     )
 
+    # Keys the web client's stream cookie (chat_api/auth/streamcookie.py); needed only with a JWKS
+    # and the web client on: otherwise the key is derived from the HS256 keys.
+    stream_cookie_secret: SecretStr | None = Field(
+        None, validation_alias=env("CHAT_API_STREAM_COOKIE_SECRET")
+    )
+
     host: str = Field("0.0.0.0", validation_alias=env("CHAT_API_HOST"))  # noqa: S104 - a container listens on all
     port: int = Field(8080, ge=1, le=65535, validation_alias=env("CHAT_API_PORT"))
 
@@ -167,7 +173,7 @@ class Settings(BaseSettings):
             parse_jwt_keys(read_text(value))
         return value
 
-    @field_validator("jwt_secret")
+    @field_validator("jwt_secret", "stream_cookie_secret")
     @classmethod
     def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_HS256_SECRET_CHARS:

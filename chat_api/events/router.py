@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from chat_api.auth.dependencies import CurrentUser
+from chat_api.auth.dependencies import StreamUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DbEngine, connection
 from chat_api.core.errors import DATABASE_UNAVAILABLE, Problem, not_found, problem_responses
@@ -50,7 +50,7 @@ token and `Last-Event-ID`; nothing is lost."""
 )
 async def events(
     request: Request,
-    user: CurrentUser,
+    principal: StreamUser,
     engine: DbEngine,
     settings: AppSettings,
     limits: RateLimitsDep,
@@ -59,6 +59,7 @@ async def events(
     last_event_id: Annotated[str | None, Header(max_length=64, description="Wins over ?cursor=")] = None,
 ) -> StreamingResponse:
     """Stream your changes (SSE)."""
+    user = principal.user
     limits.check(Action.OPEN_STREAM, user)
     raw = last_event_id or cursor
     try:
@@ -80,7 +81,7 @@ async def events(
             reset_to = await check_cursor(conn, start)
     hub: Hub = request.app.state.hub
     try:
-        subscription, head = await hub.subscribe(user, room, request.state.principal.expires_at)
+        subscription, head = await hub.subscribe(user, room, principal.expires_at)
     except TooManyStreams:
         raise Problem(
             429,

@@ -212,7 +212,7 @@ async def test_a_stream_opened_with_the_cookie_ends_when_the_credential_expires(
 ) -> None:
     monkeypatch.setattr(streamcookie, "CREDENTIAL_SECONDS", 2)
     settings = make_settings(database_url, web_client=True, stream_heartbeat_seconds=0.2)
-    user, token = user_token()
+    _user, token = user_token()
     async with serve(settings) as running, client_of(running) as client:
         r = await client.post("/v1/session", headers=bearer(token))
         assert r.json()["expires_in"] <= 2
