@@ -173,7 +173,14 @@ class Settings(BaseSettings):
             parse_jwt_keys(read_text(value))
         return value
 
-    @field_validator("jwt_secret", "stream_cookie_secret")
+    @field_validator("stream_cookie_secret")
+    @classmethod
+    def _strong_cookie_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_HS256_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_HS256_SECRET_CHARS} characters")
+        return value
+
+    @field_validator("jwt_secret")
     @classmethod
     def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_HS256_SECRET_CHARS:

@@ -19,7 +19,7 @@ from chat_api.app import create_app
 from chat_api.auth import streamcookie
 from chat_api.auth.streamcookie import cookie_name, session_id
 from chat_api.auth.tokens import mint_token
-from chat_api.core.config import load_settings
+from chat_api.core.config import ConfigError, load_settings
 from chat_api.devserver import create_dev_app
 from chat_api.web.router import CONTENT_SECURITY_POLICY
 from tests.conftest import TEST_SECRET, RunningServer, assert_problem, make_settings, serve
@@ -280,3 +280,20 @@ async def test_the_cookie_authenticates_only_get_v1_events(
     lines: list[dict[str, Any]] = [{"msg": rec.getMessage(), **rec.__dict__} for rec in caplog.records]
     assert any(line.get("http.route") == "/v1/events" for line in lines), lines
     assert all(token not in str(line) and credential not in str(line) for line in lines)
+
+
+def test_with_a_jwks_the_web_client_needs_a_stream_cookie_secret(database_url: str) -> None:
+    """A JWKS gives the replicas no shared secret to sign stream credentials with."""
+    jwks = {
+        "jwt_secret": None,
+        "jwt_jwks_url": "https://issuer.test/jwks.json",
+        "jwt_issuer": "https://issuer.test",
+        "jwt_audience": "chat-api",
+        "web_client": True,
+    }
+    with pytest.raises(ConfigError, match="CHAT_API_STREAM_COOKIE_SECRET"):
+        create_app(make_settings(database_url, **jwks))
+    app = create_app(make_settings(database_url, stream_cookie_secret="s" * 32, **jwks))
+    assert app.state.stream_credentials is not None
+    with pytest.raises(ConfigError, match="at least 32 characters"):
+        make_settings(database_url, stream_cookie_secret="too short", **jwks)
