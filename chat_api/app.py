@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 import chat_api
+from chat_api.auth.streamcookie import StreamCredentials, stream_credentials
 from chat_api.auth.tokens import TokenVerifier
 from chat_api.core.access import AccessLog
 from chat_api.core.bodylimit import BodySizeLimit
@@ -55,16 +56,36 @@ class Resources:
     limits: RateLimits
     metrics: Metrics
     verifier: TokenVerifier
+    stream_credentials: StreamCredentials | None  # the web client's stream cookie; None: no cookie
 
     def state(self) -> dict[str, Any]:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
+def _lifespan(
+    settings: Settings,
+    telemetry: Telemetry,
+    draining: asyncio.Event,
+    verifier: TokenVerifier,
+    stream_credentials: StreamCredentials | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with _resources(app, settings, telemetry, draining, verifier, stream_credentials) as state:
+            yield state
+
+    return lifespan
+
+
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-    settings: Settings = app.state.settings
-    draining: asyncio.Event = app.state.draining
-    telemetry: Telemetry = app.state.telemetry
+async def _resources(
+    app: FastAPI,
+    settings: Settings,
+    telemetry: Telemetry,
+    draining: asyncio.Event,
+    verifier: TokenVerifier,
+    stream_credentials: StreamCredentials | None,
+) -> AsyncIterator[dict[str, Any]]:
     telemetry.start()
     database = Database(settings)
     await database.open()
@@ -78,7 +99,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         metrics=Metrics(
             telemetry.meter, lambda: hub.open_streams, lambda: hub.delivered, database.connections
         ),
-        verifier=TokenVerifier(settings),
+        verifier=verifier,
+        stream_credentials=stream_credentials,
     )
     hub.start()
 
@@ -118,12 +140,16 @@ def _new_fastapi(settings: Settings, **kwargs: Any) -> FastAPI:
 def create_app(settings: Settings) -> FastAPI:
     settings.require_database()
     telemetry = Telemetry()
+    draining = asyncio.Event()
+    # Made now, not in the lifespan: a configuration they refuse stops start-up with one line.
+    verifier = TokenVerifier(settings)
+    credentials = stream_credentials(settings, verifier) if settings.web_client else None
     app = _new_fastapi(
         settings,
         title="chat-api",
         version=chat_api.__version__,
         summary="Rooms, messages and a lossless event stream over HTTP.",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, telemetry, draining, verifier, credentials),
         # FastAPI's own OpenTelemetry support makes the server span per request (W3C trace context
         # from the request's headers, `http.route`) and the request-duration histogram, with the
         # providers the lifespan starts. Probes and docs are not traced.
@@ -138,10 +164,10 @@ def create_app(settings: Settings) -> FastAPI:
             "exclude": _not_traced,
         },
     )
-    # Known before the lifespan runs: the server's signal handler sets `draining`.
-    app.state.settings = settings
+    # Before the lifespan runs: the server's signal handler sets `draining`. (The lifespan adds
+    # `resources`; requests reach them through their dependencies, never through app.state.)
     app.state.telemetry = telemetry
-    app.state.draining = asyncio.Event()
+    app.state.draining = draining
     install_problem_handlers(app)
     serve_problems_in_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)

@@ -1,4 +1,4 @@
-"""The `chat-api` command: dev, serve, migrate, prune, token."""
+"""The `chat-api` command: dev, serve, migrate, prune, token, revoke-streams."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.require_database()
     settings.require_auth()
     configure_logging(settings)
+    for warning in settings.auth_warnings():
+        log.warning(warning)
     from chat_api.app import create_app
     from chat_api.server import run_server
 
@@ -69,7 +71,38 @@ def cmd_token(args: argparse.Namespace) -> int:
         raise ConfigError(
             "CHAT_API_JWT_SECRET (or CHAT_API_JWT_SECRET_FILE) is not set (tokens are signed with it)"
         )
+    longest = settings.jwt_max_lifetime_seconds
+    if longest and args.ttl > longest:
+        print(
+            f"chat-api: token: --ttl {args.ttl} is longer than CHAT_API_JWT_MAX_LIFETIME_SECONDS "
+            f"({longest}): the service would refuse the token",
+            file=sys.stderr,
+        )
+        return 2
     print(mint_token(secret, args.sub, args.ttl))
+    return 0
+
+
+def cmd_revoke_streams(args: argparse.Namespace) -> int:
+    from chat_api.core.db import connect
+    from chat_api.events.contract import CONTROL_CHANNEL
+
+    settings = load_settings()
+    settings.require_database()
+    if not 0 < len(args.user) <= 255:
+        print("chat-api: revoke-streams: USER must be 1 to 255 characters", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        # Every replica's hub LISTENs on the control channel and ends the user's streams.
+        conn = await connect(settings)
+        try:
+            await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, args.user)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    print(f"chat-api: asked every replica to end the open streams of {args.user!r}", file=sys.stderr)
     return 0
 
 
@@ -107,6 +140,12 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("sub", help="the user id (the token's subject)")
     token.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default 3600)")
     token.set_defaults(run=cmd_token)
+    revoke = commands.add_parser(
+        "revoke-streams",
+        help="end USER's open event streams on every replica now (each gets `event: reauth`)",
+    )
+    revoke.add_argument("user", metavar="USER", help="the user id (a token's subject)")
+    revoke.set_defaults(run=cmd_revoke_streams)
     return top
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 DEV_DATABASE = "chat"
 DEV_USERS = ("alice", "bob")
-DEV_TOKEN_TTL = 7 * 24 * 3600
+DEV_TOKEN_TTL = 24 * 3600  # the banner's tokens; never longer than CHAT_API_JWT_MAX_LIFETIME_SECONDS
 
 
 def data_dir() -> Path:
@@ -114,20 +114,22 @@ def run_dev() -> int:
         configure_logging(settings)
         asyncio.run(migrate(settings))
         base = f"http://{host}:{port}"
-        tokens = {user: mint_token(secret, user, DEV_TOKEN_TTL) for user in DEV_USERS}
-        print(_banner(base, tokens), flush=True)
+        ttl = min(DEV_TOKEN_TTL, settings.jwt_max_lifetime_seconds or DEV_TOKEN_TTL)
+        tokens = {user: mint_token(secret, user, ttl) for user in DEV_USERS}
+        print(_banner(base, tokens, ttl), flush=True)
         run_server(create_dev_app(settings), settings, host, port)
     finally:
         server.cleanup()  # type: ignore[attr-defined]
     return 0
 
 
-def _banner(base: str, tokens: dict[str, str]) -> str:
+def _banner(base: str, tokens: dict[str, str], ttl: int) -> str:
+    valid = f"{ttl // 3600} hours" if ttl >= 7200 else f"{ttl // 60} minutes"
     lines = [
         "",
         f"chat-api dev is serving on {base}  (API docs: {base}/docs)",
         f"Web client: open {base}/ in two tabs and sign in as alice and as bob",
-        "Bearer tokens, valid for 7 days:",
+        f"Bearer tokens, valid for {valid}:",
     ]
     lines += [f"  {user}: {token}" for user, token in tokens.items()]
     auth = shlex.quote(f"Authorization: Bearer {tokens['alice']}")

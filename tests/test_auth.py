@@ -10,7 +10,10 @@ import hmac
 import http.server
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,9 +30,10 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 import chat_api.auth.tokens
 from chat_api import cli
-from chat_api.core.config import parse_jwt_keys
+from chat_api.auth.tokens import TokenVerifier
+from chat_api.core.config import load_settings, parse_jwt_keys
 from chat_api.core.secretfile import RECHECK_SECONDS, SecretFile
-from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, assert_problem
+from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, assert_problem, free_port
 from tests.secretvolume import SecretVolume
 
 ROOMS = "/v1/rooms"
@@ -189,6 +193,61 @@ async def test_refusal_challenge_is_a_well_formed_bearer_challenge(server: Runni
         assert dict(parsed).get("error") == "invalid_token", challenge
 
 
+# --- strict time claims and the longest lifetime -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exp": "__exp__"},  # a string holding a number was accepted (PyJWT calls int() on it)
+        {"iat": "__iat__"},
+        {"nbf": "__iat__"},
+        {"exp": True},
+        {"iat": [1]},
+        {"exp": 1e400},  # JSON's largest floats turn into infinity
+    ],
+    ids=["string exp", "string iat", "string nbf", "boolean exp", "list iat", "infinite exp"],
+)
+async def test_time_claims_that_are_not_numbers_are_refused(
+    server: RunningServer, changes: dict[str, Any]
+) -> None:
+    """Security review finding 3: `exp`, `nbf` and `iat` must be JSON numbers."""
+    payload = claims()
+    for name, value in changes.items():
+        payload[name] = (
+            str(payload["exp"])
+            if value == "__exp__"
+            else str(payload["iat"])
+            if value == "__iat__"
+            else value
+        )
+    await assert_refused(server.url, f"Bearer {hs256(payload)}")
+
+
+async def test_tokens_living_longer_than_the_maximum_are_refused(
+    server: RunningServer, start_server: ServerFactory
+) -> None:
+    """Security review finding 3: a token could live for ever (exp = 10^30 was accepted). The default
+    maximum lifetime (exp - iat) is 24 hours, and `iat` is required while there is one."""
+    now = int(time.time())
+    await assert_accepted(server.url, hs256(claims(iat=now, exp=now + 86400)))
+    body = await assert_refused(server.url, f"Bearer {hs256(claims(iat=now, exp=now + 86401))}")
+    assert "lifetime" in body["detail"]
+    await assert_refused(server.url, f"Bearer {hs256(claims(iat=now, exp=10**30))}")
+    await assert_refused(server.url, f"Bearer {hs256(claims(iat=now - 10**9, exp=now + 60))}")
+    no_iat = claims()
+    del no_iat["iat"]
+    body = await assert_refused(server.url, f"Bearer {hs256(no_iat)}")
+    assert "iat" in body["detail"]
+
+    short = await start_server(jwt_max_lifetime_seconds=60)
+    await assert_accepted(short.url, hs256(claims(ttl=60)))
+    await assert_refused(short.url, f"Bearer {hs256(claims(ttl=61))}")
+    off = await start_server(jwt_max_lifetime_seconds=0)  # 0 turns the check off (and iat optional)
+    await assert_accepted(off.url, hs256(claims(ttl=10 * 86400)))
+    await assert_accepted(off.url, hs256(no_iat))
+
+
 # --- issuer and audience ---------------------------------------------------------------------------
 
 
@@ -205,6 +264,88 @@ async def test_issuer_and_audience_are_enforced(start_server: ServerFactory) -> 
         await assert_refused(app.url, f"Bearer {hs256(payload)}")
 
 
+# --- issuer and audience are required with a JWKS ------------------------------------------------
+
+
+def serve_env(**extra: str) -> dict[str, str]:
+    """An environment for `chat-api serve` without any chat-api setting of this machine."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CHAT_API_") and k not in ("DATABASE_URL", "DATABASE_URL_FILE")
+    }
+    env.update(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", CHAT_API_PORT=str(free_port()))
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ({}, "CHAT_API_JWT_AUDIENCE"),
+        ({"CHAT_API_JWT_AUDIENCE": AUDIENCE}, "CHAT_API_JWT_ISSUER"),
+        ({"CHAT_API_JWT_ISSUER": ISSUER}, "CHAT_API_JWT_AUDIENCE"),
+    ],
+)
+def test_serve_with_a_jwks_url_refuses_to_start_without_audience_and_issuer(
+    given: dict[str, str], missing: str
+) -> None:
+    """Security review finding 2: with a JWKS, audience and issuer were optional, so a token the issuer
+    made for any other service of the same identity provider was accepted here."""
+    env = serve_env(CHAT_API_JWT_JWKS_URL="https://issuer.test/jwks.json", **given)
+    done = subprocess.run(
+        [sys.executable, "-m", "chat_api", "serve"], env=env, capture_output=True, text=True, timeout=20
+    )
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and missing in lines[0], done.stderr
+    assert done.stdout == ""
+
+
+def test_serve_with_hs256_warns_at_start_up_without_audience_and_issuer() -> None:
+    env = serve_env(CHAT_API_JWT_SECRET=TEST_SECRET, CHAT_API_LOG_FORMAT="json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chat_api", "serve"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "started" in line:
+                break
+    finally:
+        proc.kill()
+        proc.wait(10)
+    warnings = [json.loads(line) for line in seen if line.startswith("{") and '"WARNING"' in line]
+    messages = [w.get("message", w.get("msg", "")) for w in warnings]
+    assert any("CHAT_API_JWT_AUDIENCE" in m and "CHAT_API_JWT_ISSUER" in m for m in messages), seen
+    assert TEST_SECRET not in "".join(seen)
+
+
+async def test_jwks_token_for_another_audience_or_issuer_is_refused(
+    start_server: ServerFactory, jwks: JwksServer, keys: dict[str, Any]
+) -> None:
+    jwks.publish(rsa_jwk(keys["rsa"], "rsa-1"))
+    app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url, jwt_audience=AUDIENCE, jwt_issuer=ISSUER)
+    await assert_accepted(app.url, signed(keys["rsa"], "rsa-1", iss=ISSUER, aud=AUDIENCE))
+    body = await assert_refused(app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', iss=ISSUER, aud='other')}")
+    assert "audience" in body["detail"]
+    await assert_refused(app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', aud=None)}")
+    await assert_refused(
+        app.url, f"Bearer {signed(keys['rsa'], 'rsa-1', iss='https://evil.test', aud=AUDIENCE)}"
+    )
+
+
 # --- JWKS ------------------------------------------------------------------------------------------
 
 
@@ -214,6 +355,7 @@ class JwksServer:
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.document: Any = None  # when set, served instead of {"keys": keys}
+        self.delay = 0.0  # seconds each answer takes (a slow issuer)
         self.requests = 0
         self._lock = threading.Lock()
         jwks = self
@@ -224,6 +366,7 @@ class JwksServer:
                     jwks.requests += 1
                     document = jwks.document if jwks.document is not None else {"keys": list(jwks.keys)}
                     body = json.dumps(document).encode()
+                time.sleep(jwks.delay)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -275,6 +418,7 @@ def ec_jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
 def signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str, **extra: Any) -> str:
     """A fresh token signed by `key` (RS256 for RSA, ES256 for EC) whose header names `kid`."""
     algorithm = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
+    extra = {"iss": ISSUER, "aud": AUDIENCE, **extra}  # what the JWKS servers of the tests require
     return jwt.encode(claims(**extra), key, algorithm=algorithm, headers={"kid": kid})
 
 
@@ -293,7 +437,9 @@ def keys() -> dict[str, Any]:
 async def jwks_app(start_server: ServerFactory, jwks: JwksServer, keys: dict[str, Any]) -> RunningServer:
     jwks.publish(rsa_jwk(keys["rsa"], "rsa-1"))
     jwks.publish(ec_jwk(keys["ec"], "ec-1"))
-    return await start_server(jwt_secret=None, jwt_jwks_url=jwks.url)
+    return await start_server(
+        jwt_secret=None, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE
+    )
 
 
 async def test_jwks_rs256_and_es256_tokens_are_accepted_and_keys_cached(
@@ -389,9 +535,43 @@ async def test_jwks_document_that_is_not_an_object_is_a_401_not_a_500(
     start_server: ServerFactory, jwks: JwksServer, keys: dict[str, Any]
 ) -> None:
     jwks.document = ["not", "a", "key", "set"]
-    app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url)
+    app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
     token = signed(keys["rsa"], "rsa-1")
     await assert_refused(app.url, f"Bearer {token}")
+
+
+def jwks_verifier(jwks: JwksServer) -> TokenVerifier:
+    """A verifier of JWKS tokens without a server (no database)."""
+    settings = load_settings(
+        database_url=None,
+        database_url_file=None,
+        jwt_secret=None,
+        jwt_secret_file=None,
+        jwt_jwks_url=jwks.url,
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+    )
+    return TokenVerifier(settings)
+
+
+async def test_jwks_refresh_after_expiry_is_single_flight(jwks: JwksServer, keys: dict[str, Any]) -> None:
+    """Security review finding 5: when the cached key set expired, every verification queued behind
+    the refresh fetched again (15 concurrent verifications: 15 fetches)."""
+    jwks.publish(rsa_jwk(keys["rsa"], "rsa-1"))
+    verifier = jwks_verifier(jwks)
+    token = signed(keys["rsa"], "rsa-1")
+    await verifier.subject(token)
+    assert jwks.fetches == 1
+    assert verifier.jwks is not None
+    verifier.jwks.fetched_at -= chat_api.auth.tokens.JWKS_MAX_AGE_SECONDS + 1  # the cache expires
+    jwks.delay = 0.3
+    subjects = await asyncio.gather(*(verifier.subject(token) for _ in range(15)))
+    assert len(set(subjects)) == 1
+    assert jwks.fetches == 2, "one fetch per expiry; the waiters use its result"
+    # A cold cache too: 15 verifications at once before any key is known make one fetch.
+    cold = jwks_verifier(jwks)
+    await asyncio.gather(*(cold.subject(token) for _ in range(15)))
+    assert jwks.fetches == 3
 
 
 # --- chat-api token --------------------------------------------------------------------------------
@@ -402,6 +582,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "CHAT_API_JWT_SECRET",
         "CHAT_API_JWT_SECRET_FILE",
         "CHAT_API_JWT_JWKS_URL",
+        "CHAT_API_JWT_MAX_LIFETIME_SECONDS",
         "DATABASE_URL",
         "DATABASE_URL_FILE",
     ):
@@ -422,6 +603,22 @@ async def test_token_command_prints_a_token_the_server_accepts(
     assert abs(decoded["exp"] - (time.time() + 60)) <= 5
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     await assert_accepted(server.url, token)
+
+
+def test_token_command_refuses_a_ttl_beyond_the_maximum_lifetime(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env(monkeypatch)
+    monkeypatch.setenv("CHAT_API_JWT_SECRET", TEST_SECRET)
+    assert cli.main(["token", "bob", "--ttl", "86401"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "CHAT_API_JWT_MAX_LIFETIME_SECONDS" in lines[0], captured.err
+    assert cli.main(["token", "bob", "--ttl", "86400"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("CHAT_API_JWT_MAX_LIFETIME_SECONDS", "0")
+    assert cli.main(["token", "bob", "--ttl", str(30 * 86400)]) == 0
 
 
 def test_token_command_without_secret_exits_2_naming_the_variable(

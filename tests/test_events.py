@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import sys
+import time
 import uuid
 from collections import defaultdict
 
@@ -13,12 +14,14 @@ import asyncpg
 import httpx
 import pytest
 
+from chat_api import cli
+from chat_api.auth.tokens import mint_token
 from chat_api.core.config import Settings
 from chat_api.core.db import Database
 from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, Subscription
 from chat_api.events.reader import prune
-from tests.conftest import RunningServer, ServerFactory, User, UserFactory, assert_problem
+from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, User, UserFactory, assert_problem
 from tests.sse import open_stream
 
 
@@ -396,3 +399,56 @@ async def test_prune_command_deletes_only_expired_events(
     finally:
         await db.close()
     assert [k["kind"] for k in kinds] == ["message.created"], "the room's two oldest events are gone"
+
+
+# --- streams end with their credentials (security review finding 1) ----------------------------------
+
+
+async def test_a_stream_ends_with_a_reauth_frame_when_its_token_expires_and_resumes_losslessly(
+    start_server: ServerFactory, make_user: UserFactory
+) -> None:
+    """A stream outlived its token: the token was checked only when the stream connected, and the
+    heartbeat kept the stream open for hours after `exp`."""
+    running = await start_server(stream_heartbeat_seconds=0.2)
+    alice, bob = make_user("alice", running.url), make_user("bob", running.url)
+    room = await alice.create_room(members=[bob])
+    short = mint_token(TEST_SECRET, bob.name, 2)
+    started = time.monotonic()
+    async with open_stream(running.url, short, room_id=room["id"]) as stream:
+        sent = (await alice.send(room["id"], "before the end")).json()
+        await stream.wait_for(1, "message.created")
+        async with asyncio.timeout(10):
+            await stream.ended.wait()
+    assert time.monotonic() - started < 2 + 0.2 + 3  # exp, one heartbeat, slack
+    last = stream.frames[-1]
+    assert (last.event, last.id, last.data) == ("reauth", None, {"reason": "token expired"})
+    assert stream.of("message.created")[0].data["message"] == sent
+    missed = (await alice.send(room["id"], "while reconnecting")).json()
+    async with open_stream(running.url, bob.token, room_id=room["id"], last_event_id=stream.last_id) as again:
+        frames = await again.wait_for(1, "message.created")
+    assert [f.data["message"] for f in frames] == [missed]
+
+
+async def test_revoke_streams_ends_the_users_streams_on_every_replica(
+    start_server: ServerFactory, make_user: UserFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await start_server(), await start_server()
+    alice, bob = make_user("alice", a.url), make_user("bob", b.url)
+    room = await alice.create_room(members=[bob])
+    for name in [n for n in os.environ if n.startswith("CHAT_API_") or n.startswith("DATABASE_URL")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    async with (
+        open_stream(a.url, bob.token) as bob_on_a,
+        open_stream(b.url, bob.token) as bob_on_b,
+        open_stream(a.url, alice.token) as alice_on_a,
+    ):
+        assert await asyncio.to_thread(cli.main, ["revoke-streams", bob.name]) == 0
+        async with asyncio.timeout(10):
+            await bob_on_a.ended.wait()
+            await bob_on_b.ended.wait()
+        for stream in (bob_on_a, bob_on_b):
+            assert (stream.frames[-1].event, stream.frames[-1].data) == ("reauth", {"reason": "revoked"})
+        sent = (await alice.send(room["id"], "alice is still here")).json()
+        frame = (await alice_on_a.wait_for(1, "message.created"))[0]
+        assert frame.data["message"] == sent and not alice_on_a.ended.is_set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 
@@ -23,6 +23,18 @@ JWKS_MIN_REFRESH_SECONDS = 10.0  # an unknown kid triggers a refetch at most thi
 JWKS_MAX_AGE_SECONDS = 3600.0
 
 
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_NUMBERS = (int, float)  # exact types: bool is an int to isinstance(); inf never gets here (int() fails)
+
+
+class Principal(NamedTuple):
+    """Who a verified credential speaks for, and until when (its `exp`, seconds since the epoch):
+    a stream opened with it ends there (chat_api/events/hub.py)."""
+
+    user: str
+    expires_at: float
+
+
 class InvalidToken(Exception):
     """The token is missing, malformed, unsigned, expired or not for us. The message is a short fixed
     phrase: it goes into the WWW-Authenticate challenge, where quotes are not allowed."""
@@ -38,17 +50,23 @@ class JwksCache:
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
-        stale = time.monotonic() - self.fetched_at > JWKS_MAX_AGE_SECONDS
+        seen = self.fetched_at
+        stale = time.monotonic() - seen > JWKS_MAX_AGE_SECONDS
         if stale or kid not in self.keys:
-            await self._refresh(force=stale)
+            await self._refresh(seen, force=stale)
         if kid is None and len(self.keys) == 1:
             return next(iter(self.keys.values()))
         if kid is None or kid not in self.keys:
             raise InvalidToken("signing key is unknown")
         return self.keys[kid]
 
-    async def _refresh(self, *, force: bool) -> None:
+    async def _refresh(self, seen: float, *, force: bool) -> None:
+        """Fetches the key set, once for everyone waiting: `seen` is the fetch the caller found
+        wanting; if another one finished while the caller waited for the lock, its result is used
+        (single flight: one fetch per expiry, however many requests queued behind it)."""
         async with self._lock:
+            if self.fetched_at != seen:
+                return
             if not force and time.monotonic() - self.fetched_at < JWKS_MIN_REFRESH_SECONDS:
                 return
             import httpx  # only JWKS deployments need it: keeps it out of start-up otherwise
@@ -85,15 +103,21 @@ class TokenVerifier:
         elif settings.jwt_secret_file is not None:
             self.secret_file = SecretFile(settings.jwt_secret_file, _encoded_keys, "CHAT_API_JWT_SECRET_FILE")
         self.jwks = JwksCache(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+        self.max_lifetime = settings.jwt_max_lifetime_seconds
+        required = ["exp", "sub", "iat"] if self.max_lifetime else ["exp", "sub"]
         self._checks: dict[str, Any] = {
             "audience": settings.jwt_audience,
             "issuer": settings.jwt_issuer,
             "leeway": LEEWAY_SECONDS,
-            "options": {"require": ["exp", "sub"], "verify_aud": settings.jwt_audience is not None},
+            "options": {"require": required, "verify_aud": settings.jwt_audience is not None},
         }
 
     async def subject(self, token: str) -> str:
         """The verified token's `sub`, or InvalidToken."""
+        return (await self.verify(token)).user
+
+    async def verify(self, token: str) -> Principal:
+        """The verified token's `sub` and `exp`, or InvalidToken."""
         try:
             if self.jwks is None:
                 claims = self._hs256(token)
@@ -118,16 +142,26 @@ class TokenVerifier:
             raise InvalidToken("token is malformed") from None
         except jwt.InvalidTokenError:
             raise InvalidToken("token is not valid") from None
+        # PyJWT compares int(claim), so "1e9" (a string) or true passed; NumericDate is a JSON number.
+        for name in _TIME_CLAIMS:
+            if name in claims and type(claims[name]) not in _NUMBERS:
+                raise InvalidToken(f"token {name} claim is not a number")
+        if self.max_lifetime and claims["exp"] - claims["iat"] > self.max_lifetime:
+            raise InvalidToken("token lifetime is longer than this service accepts")
         subject = claims["sub"]
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS or not storable(subject):
             raise InvalidToken("token subject is not valid")
-        return subject
+        return Principal(subject, claims["exp"])
+
+    def hs256_keys(self) -> tuple[bytes, ...]:
+        """The HS256 keys now (the first signs); empty with a JWKS."""
+        return self.secrets if self.secret_file is None else self.secret_file.current()
 
     def _hs256(self, token: str) -> dict[str, Any]:
         """Claims of a token signed with one of the keys. The signing (first) key is tried first, so a
         single key costs one decode as before; the others only for a token that it does not verify
         (an old key during a rotation). The signature is checked before any claim."""
-        secrets = self.secrets if self.secret_file is None else self.secret_file.current()
+        secrets = self.hs256_keys()
         try:
             return jwt.decode(token, secrets[0], algorithms=SYMMETRIC_ALGORITHMS, **self._checks)
         except jwt.InvalidSignatureError:

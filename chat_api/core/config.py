@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     jwt_jwks_url: str | None = Field(None, validation_alias=env("CHAT_API_JWT_JWKS_URL"))
     jwt_issuer: str | None = Field(None, validation_alias=env("CHAT_API_JWT_ISSUER"))
     jwt_audience: str | None = Field(None, validation_alias=env("CHAT_API_JWT_AUDIENCE"))
+    # The longest lifetime (exp - iat) of an accepted token; `iat` is then required. 0: no limit.
+    jwt_max_lifetime_seconds: int = Field(
+        86400, ge=0, validation_alias=env("CHAT_API_JWT_MAX_LIFETIME_SECONDS")
+    )
+
+    # Keys the web client's stream cookie (chat_api/auth/streamcookie.py); needed only with a JWKS
+    # and the web client on: otherwise the key is derived from the HS256 keys.
+    stream_cookie_secret: SecretStr | None = Field(
+        None, validation_alias=env("CHAT_API_STREAM_COOKIE_SECRET")
+    )
 
     host: str = Field("0.0.0.0", validation_alias=env("CHAT_API_HOST"))  # noqa: S104 - a container listens on all
     port: int = Field(8080, ge=1, le=65535, validation_alias=env("CHAT_API_PORT"))
@@ -192,6 +202,13 @@ class Settings(BaseSettings):
             parse_jwt_keys(read_text(value))
         return value
 
+    @field_validator("stream_cookie_secret")
+    @classmethod
+    def _strong_cookie_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_HS256_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_HS256_SECRET_CHARS} characters")
+        return value
+
     @field_validator("jwt_secret")
     @classmethod
     def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -226,6 +243,24 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "CHAT_API_JWT_SECRET (or CHAT_API_JWT_SECRET_FILE, or CHAT_API_JWT_JWKS_URL) is not set"
             )
+        if self.jwt_jwks_url is not None:
+            # An identity provider signs tokens for many services with the same keys: without both
+            # checks a token it made for any of them would be accepted here.
+            for name, value in (
+                ("CHAT_API_JWT_AUDIENCE", self.jwt_audience),
+                ("CHAT_API_JWT_ISSUER", self.jwt_issuer),
+            ):
+                if value is None:
+                    raise ConfigError(f"{name} is not set (required with CHAT_API_JWT_JWKS_URL)")
+
+    def auth_warnings(self) -> list[str]:
+        """What `serve` warns about at start-up: settings that work but check less than they could."""
+        if self.jwt_jwks_url is None and (self.jwt_audience is None or self.jwt_issuer is None):
+            return [
+                "CHAT_API_JWT_AUDIENCE and CHAT_API_JWT_ISSUER are not both set: HS256 tokens are "
+                "accepted for any audience and issuer; set them if other services share the key"
+            ]
+        return []
 
     def jwt_signing_secret(self) -> str | None:
         """The HS256 key that signs: CHAT_API_JWT_SECRET, else the first key in the file (read now)."""

@@ -38,6 +38,8 @@ MEMBERSHIP = frozenset({EventKind.MEMBER_ADDED, EventKind.MEMBER_REMOVED})
 
 # The doorbell: a NOTIFY on this channel (no payload) tells every hub to read the log.
 NOTIFY_CHANNEL = "chat_events"
+# Operators' orders to every replica's hub (`chat-api revoke-streams`); the payload is a user id.
+CONTROL_CHANNEL = "chat_control"
 
 
 def room_lock_key(room_id: uuid.UUID) -> int:

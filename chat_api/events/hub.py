@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import defaultdict
 from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import Depends, Request
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from chat_api.core.config import Settings
 from chat_api.core.db import SERVER_SETTINGS, Database
-from chat_api.events.contract import NOTIFY_CHANNEL, EventKind, joined_by_room_created
+from chat_api.events.contract import CONTROL_CHANNEL, NOTIFY_CHANNEL, EventKind, joined_by_room_created
 from chat_api.events.cursor import Cursor
 from chat_api.events.reader import EVENT_COLUMNS, HORIZON_SQL, Event
 
@@ -56,6 +58,16 @@ _ROOMS_OF = "SELECT room_id FROM members WHERE user_id = $1"
 END = None  # queued to a subscription: the stream must end (shutdown, too slow, removed, client gone)
 HEARTBEAT = b": keepalive\n\n"
 
+
+def reauth_frame(reason: str) -> bytes:
+    """The last frame of a stream whose credential ran out or was revoked: no `id:` (the client keeps
+    its last cursor), `event: reauth`; the client reconnects with a fresh credential and loses nothing."""
+    return b"event: reauth\ndata: " + orjson.dumps({"reason": reason}) + b"\n\n"
+
+
+EXPIRED = (None, reauth_frame("token expired"))
+REVOKED = (None, reauth_frame("revoked"))
+
 # What a subscription holds: (position, frame) of an event, (None, HEARTBEAT), or END.
 Item = tuple[Cursor | None, bytes] | None
 
@@ -66,12 +78,15 @@ class Subscription:
     is queued is dropped and the stream ends (the client resumes from the last id it received,
     so nothing is lost, and memory stays bounded)."""
 
-    __slots__ = ("_waiter", "buffer", "ended", "items", "overflowed", "room_id", "user")
+    __slots__ = ("_waiter", "buffer", "ended", "expires_at", "items", "overflowed", "room_id", "user")
 
-    def __init__(self, user: str, room_id: uuid.UUID | None, buffer: int) -> None:
+    def __init__(
+        self, user: str, room_id: uuid.UUID | None, buffer: int, expires_at: float = math.inf
+    ) -> None:
         self.user = user
         self.room_id = room_id
         self.buffer = buffer
+        self.expires_at = expires_at  # the credential's exp: the hub ends the stream then
         self.items: list[Item] = []
         self.overflowed = False
         self.ended = False  # END was offered: whatever the stream is doing, it should stop
@@ -90,6 +105,12 @@ class Subscription:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def end_with(self, reauth: Item) -> None:
+        """Ends the stream after a last `event: reauth` frame (once)."""
+        if not self.ended:
+            self.offer(reauth)
+            self.offer(END)
 
     async def take(self) -> list[Item]:
         """Everything queued, waiting for at least one item."""
@@ -152,13 +173,26 @@ class Hub:
 
     async def _beat(self) -> None:
         """A comment on every open stream each heartbeat interval: proxies and clients see the
-        connection alive. One timer for all streams, rather than one per stream and event."""
+        connection alive. One timer for all streams, rather than one per stream and event. The same
+        pass ends the streams whose credential has expired (so a stream outlives its token by at
+        most one interval), at the cost of one comparison per stream and beat, none per event."""
         item = (None, HEARTBEAT)
         while True:
             await asyncio.sleep(self.settings.stream_heartbeat_seconds)
+            now = time.time()
             for subscriptions in self.by_user.values():
                 for subscription in subscriptions:
-                    subscription.offer(item)
+                    if subscription.expires_at <= now:
+                        subscription.end_with(EXPIRED)
+                    else:
+                        subscription.offer(item)
+
+    def revoke(self, user: str) -> int:
+        """Ends the user's open streams in this process (each with `event: reauth`); how many."""
+        subscriptions = list(self.by_user.get(user, ()))
+        for subscription in subscriptions:
+            subscription.end_with(REVOKED)
+        return len(subscriptions)
 
     @property
     def open_streams(self) -> int:
@@ -166,9 +200,12 @@ class Hub:
 
     # -- subscriptions ---------------------------------------------------------------------------
 
-    async def subscribe(self, user: str, room_id: uuid.UUID | None) -> tuple[Subscription, Cursor]:
-        """Registers a stream; returns it and the hub's position: every event after that position
-        will be queued to it. Raises TooManyStreams past the per-user limit."""
+    async def subscribe(
+        self, user: str, room_id: uuid.UUID | None, expires_at: float = math.inf
+    ) -> tuple[Subscription, Cursor]:
+        """Registers a stream that ends at `expires_at` (seconds since the epoch); returns it and the
+        hub's position: every event after that position will be queued to it. Raises TooManyStreams
+        past the per-user limit."""
         if self._closing:
             raise ShuttingDown
         if len(self.by_user.get(user, ())) >= self.settings.stream_max_per_user:
@@ -186,7 +223,7 @@ class Hub:
                     self.users_in[room].add(user)
         if len(self.by_user.get(user, ())) >= self.settings.stream_max_per_user:
             raise TooManyStreams
-        subscription = Subscription(user, room_id, self.settings.stream_buffer_events)
+        subscription = Subscription(user, room_id, self.settings.stream_buffer_events, expires_at)
         self.by_user[user].add(subscription)
         return subscription, self.head
 
@@ -313,12 +350,17 @@ class Hub:
         with suppress_instrumentation():
             conn = await asyncpg.connect(**target.connect_kwargs(), server_settings=dict(SERVER_SETTINGS))
             await conn.add_listener(NOTIFY_CHANNEL, self._ring)
+            await conn.add_listener(CONTROL_CHANNEL, self._control)
         conn.add_termination_listener(self._on_terminated)
         self._conn = conn
         return conn
 
     def _ring(self, *args: Any) -> None:
         self._wake.set()
+
+    def _control(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        ended = self.revoke(payload)
+        log.info("revoke-streams: ended %d open stream(s) of one user in this process", ended)
 
     def _on_terminated(self, *args: Any) -> None:
         self._wake.set()  # the next read fails and _run reconnects

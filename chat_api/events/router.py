@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from chat_api.auth.dependencies import CurrentUser
+from chat_api.auth.dependencies import StreamUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DatabaseDep, DatabaseUnavailable
 from chat_api.core.errors import NotAMember, Problem, problem_responses
@@ -34,7 +34,9 @@ STREAM_DOC = """Server-sent events for every change you may see, in log order (p
 `seq`). Frames: `id: <cursor>`, `event: <type>`, `data: {"room_id", "seq", "message"|"member"|"room"}`.
 Resume with `Last-Event-ID` (or `?cursor=`, e.g. `stream_cursor` of GET /v1/rooms): missed events are
 replayed, then live. `event: reset` means the cursor is older than the retained log: reload, then
-continue from its id. A comment line is sent as a heartbeat."""
+continue from its id. A comment line is sent as a heartbeat. The stream ends when the token expires
+(or an operator revokes the user's streams) with `event: reauth` (no `id`): reconnect with a fresh
+token and `Last-Event-ID`; nothing is lost."""
 
 
 @router.get(
@@ -46,7 +48,7 @@ continue from its id. A comment line is sent as a heartbeat."""
     },
 )
 async def events(
-    user: CurrentUser,
+    principal: StreamUser,
     db: DatabaseDep,
     hub: HubDep,
     settings: AppSettings,
@@ -56,6 +58,7 @@ async def events(
     last_event_id: Annotated[str | None, Header(max_length=64, description="Wins over ?cursor=")] = None,
 ) -> StreamingResponse:
     """Stream your changes (SSE)."""
+    user = principal.user
     limits.check(Action.OPEN_STREAM, user)
     raw = last_event_id or cursor
     try:
@@ -76,7 +79,7 @@ async def events(
         async with db.connection() as conn:
             reset_to = await check_cursor(conn, start)
     try:
-        subscription, head = await hub.subscribe(user, room)
+        subscription, head = await hub.subscribe(user, room, principal.expires_at)
     except TooManyStreams:
         raise Problem(
             429,

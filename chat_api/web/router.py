@@ -1,5 +1,5 @@
-"""Routes of the web client: the page at `/`, its assets under `/web/`, and `/v1/session`, which turns
-the page's bearer token into the stream cookie (see cookie.py)."""
+"""Routes of the web client: the page at `/`, its assets under `/web/`, and `/v1/session`, which gives
+the page's EventSource a short-lived stream credential in a cookie (chat_api/auth/streamcookie.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jwt
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
@@ -15,8 +14,16 @@ from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chat_api.auth.dependencies import CurrentUser, bearer_token
-from chat_api.web.cookie import COOKIE_PATH, SESSION_PARAM, cookie_name, session_id
+from chat_api.auth.dependencies import CurrentUser
+from chat_api.auth.streamcookie import (
+    COOKIE_PATH,
+    SESSION_PARAM,
+    StreamCredentials,
+    cookie_name,
+    cookie_path,
+    session_id,
+)
+from chat_api.auth.tokens import Principal
 
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS_PATH = "/web"
@@ -41,6 +48,7 @@ class StreamSession(BaseModel):
     user: str
     stream_session: str
     events_url: str
+    expires_in: int  # seconds: the stream ends then (`event: reauth`); ask again before
 
 
 @router.post("/v1/session", response_model=StreamSession)
@@ -50,24 +58,27 @@ async def open_session(
     response: Response,
 ) -> StreamSession:
     """Sets the HttpOnly stream cookie for `GET /v1/events?session=…` (browsers' EventSource cannot
-    send an Authorization header). Only present when the web client is enabled."""
-    token = bearer_token(request)
-    assert token is not None  # CurrentUser has verified it (the cookie is never accepted here)
-    expires = jwt.decode(token, options={"verify_signature": False}).get("exp")
-    max_age = max(0, int(expires - time.time())) if isinstance(expires, int | float) else None
+    send an Authorization header): a stream-only credential for at most 15 minutes, in a session
+    cookie. Only present when the web client is enabled."""
+    principal: Principal = request.state.principal  # CurrentUser: the bearer token, never the cookie
+    credentials: StreamCredentials = request.state.stream_credentials
+    credential, expires = credentials.mint(principal)
     session = session_id(user)
+    secure = request.url.scheme == "https"  # the scope's: uvicorn trusts X-Forwarded-Proto from proxies only
     response.set_cookie(
-        cookie_name(session),
-        token,
-        max_age=max_age,
-        path=COOKIE_PATH,
-        secure=request.url.scheme == "https",
+        cookie_name(session, secure),
+        credential,
+        path=cookie_path(secure),
+        secure=secure,
         httponly=True,
         samesite="strict",
-    )
+    )  # no Max-Age or Expires: the browser forgets it when it closes
     response.headers["Cache-Control"] = "no-store"
     return StreamSession(
-        user=user, stream_session=session, events_url=f"{COOKIE_PATH}?{SESSION_PARAM}={session}"
+        user=user,
+        stream_session=session,
+        events_url=f"{COOKIE_PATH}?{SESSION_PARAM}={session}",
+        expires_in=max(0, expires - int(time.time())),
     )
 
 
@@ -75,10 +86,11 @@ async def open_session(
 async def close_session(request: Request, user: CurrentUser) -> Response:
     """Removes the caller's stream cookie (signing out)."""
     response = Response(status_code=204)
+    secure = request.url.scheme == "https"
     response.delete_cookie(
-        cookie_name(session_id(user)),
-        path=COOKIE_PATH,
-        secure=request.url.scheme == "https",
+        cookie_name(session_id(user), secure),
+        path=cookie_path(secure),
+        secure=secure,
         httponly=True,
         samesite="strict",
     )

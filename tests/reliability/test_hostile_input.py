@@ -14,6 +14,7 @@ in the database), and leaves the server serving; every accepted oddity round-tri
 | `'; DROP TABLE rooms; --` in name, body, member, key, token sub | stored, returned as text |
 | RTL, combining marks, ZWJ and 4-byte emoji, NFC vs NFD | byte-exact: send, history, stream |
 | token: alg none, wrong key, audience, issuer, expired, future nbf, no exp | 401 problem, nothing stored |
+| token: exp as a string, exp = 10^30, no iat, lifetime over 24 h | 401 problem, nothing stored |
 | token whose sub holds NUL or a lone surrogate | 401 |
 | JWKS rotation: new kid used; retired, forged, unknown kid refused | 201 / 401, nothing stored |
 """
@@ -372,6 +373,12 @@ def _no_exp(sub: str) -> dict[str, Any]:
     return payload
 
 
+def _without(sub: str, claim: str) -> dict[str, Any]:
+    payload = good(sub)
+    del payload[claim]
+    return payload
+
+
 TOKENS = {
     # label: (token for `sub`, a phrase of the 401 detail)
     "alg none": (lambda sub: unsigned(good(sub)), "algorithm is not accepted"),
@@ -386,6 +393,11 @@ TOKENS = {
     "future nbf": (lambda sub: hs256(good(sub, nbf=int(time.time()) + 600)), "not valid yet"),
     "no exp": (lambda sub: hs256(_no_exp(sub)), "exp"),
     "garbage": (lambda sub: "not.a.jwt", "malformed"),
+    # Security review finding 3: time claims are numbers, and a token lives 24 hours at most.
+    "string exp": (lambda sub: hs256(good(sub) | {"exp": str(int(time.time()) + 600)}), "not a number"),
+    "exp 10^30": (lambda sub: hs256(good(sub, exp=10**30)), "lifetime"),
+    "lifetime of a day and a second": (lambda sub: hs256(good(sub, ttl=86401)), "lifetime"),
+    "no iat": (lambda sub: hs256(_without(sub, "iat")), "iat"),
 }
 
 
@@ -443,7 +455,7 @@ async def test_jwks_rotation_retires_the_old_key_and_refused_tokens_store_nothin
     monkeypatch.setattr(chat_api.auth.tokens, "JWKS_MIN_REFRESH_SECONDS", 0.0)
     old, new, forger = rsa_key(), rsa_key(), rsa_key()
     jwks.publish(rsa_jwk(old, "key-1"))
-    app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url)
+    app = await start_server(jwt_secret=None, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
     sub = f"rotating-{uuid.uuid4().hex[:8]}"
     assert (
         await _create_room_as(app.url, signed(old, "key-1", sub=sub), "before rotation")
@@ -458,7 +470,7 @@ async def test_jwks_rotation_retires_the_old_key_and_refused_tokens_store_nothin
         "retired key": signed(old, "key-1", sub=sub),
         "forged with the new kid": signed(forger, "key-2", sub=sub),
         "unknown kid": signed(forger, "key-3", sub=sub),
-        "HS256 under a JWKS": hs256(claims(sub)),
+        "HS256 under a JWKS": hs256(good(sub)),
     }
     for label, token in refused.items():
         r = await _create_room_as(app.url, token, f"refused: {label}")

@@ -3,6 +3,7 @@ real server, which is restarted (same port) while their pages stay open."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -16,7 +17,9 @@ from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
+import chat_api.web.dev
 from chat_api.app import create_app
+from chat_api.auth import streamcookie
 from chat_api.auth.tokens import mint_token
 from chat_api.devserver import create_dev_app
 from tests.conftest import TEST_SECRET, free_port, make_settings, serve
@@ -272,3 +275,59 @@ async def save_side_by_side(*people: Person) -> None:
         combined.paste(image, (x, 0))
         x += image.width + gap
     combined.save(ARTIFACTS / "web-client.png")
+
+
+async def test_the_page_renews_its_token_and_stream_cookie_without_losing_an_event(
+    browser: Any, database_url: str, monkeypatch: Any
+) -> None:
+    """Security review findings 1 and 4: streams end when their credential does (`event: reauth`), and
+    the stream cookie lives minutes. The page renews its token (POST /dev/token here) and its cookie
+    before they run out, or at once on `event: reauth` (here also from a revocation), and resumes from
+    its last id: every message arrives exactly once."""
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    monkeypatch.setattr(chat_api.web.dev, "DEV_TOKEN_TTL", 6)
+    monkeypatch.setattr(streamcookie, "CREDENTIAL_SECONDS", 3)
+    settings = make_settings(database_url, stream_heartbeat_seconds=0.3)
+    tag = uuid.uuid4().hex[:6]
+    app = StreamResumes(create_dev_app(settings))
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(serve(settings, app))  # type: ignore[arg-type]
+        context = await browser.new_context(viewport={"width": 760, "height": 720})
+        stack.push_async_callback(context.close)
+        bob = Person(f"bob-{tag}", await context.new_page())
+        await bob.sign_in(server.url)
+        first_token = await bob.token()
+        alice = f"alice-{tag}"
+        headers = {"Authorization": f"Bearer {mint_token(TEST_SECRET, alice, 600)}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=20) as http:
+            created = await http.post("/v1/rooms", json={"name": f"Ticks {tag}", "members": [bob.name]})
+            assert created.status_code == 201, created.text
+            room_id = created.json()["id"]
+            await bob.room(f"Ticks {tag}").get_by_role("button").click()
+            started = time.monotonic()
+            ticks = 0
+            while time.monotonic() - started < 14:  # several credentials and tokens long
+                ticks += 1
+                sent = await http.post(f"/v1/rooms/{room_id}/messages", json={"body": f"tick {ticks}"})
+                assert sent.status_code == 201, sent.text
+                if ticks == 10:
+                    assert app.state.hub.revoke(bob.name) == 1  # what `chat-api revoke-streams` does
+                await asyncio.sleep(0.4)
+        for i in range(1, ticks + 1):
+            await expect(bob.message(f"tick {i}")).to_have_count(1)
+        await expect(bob.page.locator("#messages li.message")).to_have_count(ticks)
+        await expect(bob.page.locator("#connection")).to_have_text("Live")
+        await expect(bob.page.locator("#sign-in")).to_be_hidden()
+
+        assert await bob.token() != first_token, "the page renewed its token"
+        assert sum(url.endswith("/dev/token") for url in bob.urls) >= 3
+        opened = [url for url in bob.urls if "/v1/events" in url]
+        assert len(opened) >= 5, opened  # a new stream per credential
+        assert all(any(resume) for resume in app.resumes), app.resumes  # each from its cursor
+        cookies = await context.cookies()
+        assert [(c["httpOnly"], c["sameSite"], c["path"], c["expires"]) for c in cookies] == [
+            (True, "Strict", "/v1/events", -1)  # a session cookie
+        ], cookies
+        assert not bob.problems, bob.problems

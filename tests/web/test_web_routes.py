@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import logging
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,10 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
+from chat_api.app import create_app
+from chat_api.auth import streamcookie
+from chat_api.auth.streamcookie import cookie_name, session_id
 from chat_api.auth.tokens import mint_token
-from chat_api.core.config import load_settings
+from chat_api.core.config import ConfigError, load_settings
 from chat_api.devserver import create_dev_app
-from chat_api.web.cookie import cookie_name, session_id
 from chat_api.web.router import CONTENT_SECURITY_POLICY
 from tests.conftest import TEST_SECRET, RunningServer, assert_problem, make_settings, serve
 
@@ -129,34 +135,103 @@ async def test_dev_token_mints_a_working_token_in_dev(dev_server: RunningServer)
         assert_problem(await client.post("/dev/token", json={"sub": "x", "admin": True}), 422)
 
 
-async def test_session_sets_an_httponly_strict_cookie_scoped_to_the_stream(web_server: RunningServer) -> None:
+def set_cookie_of(r: httpx.Response) -> tuple[str, str, list[str]]:
+    """(name, value, lower-cased attributes) of the response's one Set-Cookie."""
+    cookies = r.headers.get_list("set-cookie")
+    assert len(cookies) == 1, cookies
+    pair, *attributes = [part.strip() for part in cookies[0].split(";")]
+    name, _, value = pair.partition("=")
+    return name, value, [a.lower() for a in attributes]
+
+
+async def test_session_cookie_is_a_short_lived_stream_only_session_cookie(web_server: RunningServer) -> None:
+    """Security review finding 4: the cookie held the whole bearer token for the token's lifetime
+    (Max-Age), so on a shared browser it alone replayed the user's history after the tab closed."""
     user, token = user_token()
     async with client_of(web_server) as client:
         assert_problem(await client.post("/v1/session"), 401)
         r = await client.post("/v1/session", headers=bearer(token))
         assert r.status_code == 200, r.text
-        session = session_id(user)
-        assert r.json() == {
-            "user": user,
-            "stream_session": session,
-            "events_url": f"/v1/events?session={session}",
-        }
-        assert token not in r.json()["events_url"]
-        set_cookie = r.headers["set-cookie"]
-        attributes = [part.strip().lower() for part in set_cookie.split(";")]
-        assert set_cookie.startswith(f"{cookie_name(session)}={token};")
+        session = r.json()["stream_session"]
+        assert r.json()["user"] == user and r.json()["events_url"] == f"/v1/events?session={session}"
+        assert 0 < r.json()["expires_in"] <= 15 * 60
+        assert r.headers["cache-control"] == "no-store"
+        name, value, attributes = set_cookie_of(r)
+        assert name == f"chat_api_stream_{session}"
+        assert value and token not in r.headers["set-cookie"] and value not in token
+        for part in token.split("."):
+            assert part not in value
         assert (
             "httponly" in attributes and "samesite=strict" in attributes and "path=/v1/events" in attributes
         )
-        assert "secure" not in attributes  # plain http on loopback; set over https
-        assert any(a.startswith("max-age=") and 3500 < int(a.split("=")[1]) <= 3600 for a in attributes)
-        assert r.headers["cache-control"] == "no-store"
+        assert not [a for a in attributes if a.startswith(("max-age", "expires"))], (
+            attributes
+        )  # session cookie
+        assert "secure" not in attributes  # plain http on loopback (see the https test)
+
+        # The credential opens the stream, and nothing else: never as a bearer token.
+        cookie = {"Cookie": f"{name}={value}"}
+        assert await stream_status(client, f"/v1/events?session={session}", cookie) == 200
+        assert_problem(await client.get("/v1/rooms", headers=bearer(value)), 401)
+        assert await stream_status(client, "/v1/events", bearer(value)) == 401
+        # A cookie holding a bearer token (what the cookie used to be) is refused.
+        old = {"Cookie": f"{name}={token}"}
+        assert await stream_status(client, f"/v1/events?session={session}", old) == 401
+
+        # A token about to expire gives a credential that expires with it.
+        soon = mint_token(TEST_SECRET, user, 20)
+        assert (await client.post("/v1/session", headers=bearer(soon))).json()["expires_in"] <= 20
 
         out = await client.delete("/v1/session", headers=bearer(token))
         assert out.status_code == 204
-        assert out.headers["set-cookie"].startswith(f'{cookie_name(session)}=""') or "max-age=0" in (
-            out.headers["set-cookie"].lower()
-        )
+        name, value, attributes = set_cookie_of(out)
+        assert name == f"chat_api_stream_{session}" and value in ("", '""')
+        assert "max-age=0" in attributes and "path=/v1/events" in attributes
+
+
+async def test_over_https_the_cookie_is_secure_with_the_host_prefix(database_url: str) -> None:
+    """The scheme is the ASGI scope's (uvicorn takes X-Forwarded-Proto only from trusted proxies)."""
+    app = create_app(make_settings(database_url, web_client=True))
+    user, token = user_token()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://chat.test") as client:
+        r = await client.post("/v1/session", headers=bearer(token))
+        assert r.status_code == 200, r.text
+        name, _, attributes = set_cookie_of(r)
+        assert name == f"__Host-chat_api_stream_{session_id(user)}"
+        # __Host- cookies must have Path=/ (RFC 6265bis): the server accepts it on GET /v1/events only.
+        assert "secure" in attributes and "path=/" in attributes and "httponly" in attributes
+        assert not [a for a in attributes if a.startswith(("max-age", "expires", "domain"))], attributes
+        out = await client.delete("/v1/session", headers=bearer(token))
+        name, _, attributes = set_cookie_of(out)
+        assert name.startswith("__Host-") and "secure" in attributes and "max-age=0" in attributes
+
+
+async def test_a_stream_opened_with_the_cookie_ends_when_the_credential_expires(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streamcookie, "CREDENTIAL_SECONDS", 2)
+    settings = make_settings(database_url, web_client=True, stream_heartbeat_seconds=0.2)
+    _user, token = user_token()
+    async with serve(settings) as running, client_of(running) as client:
+        r = await client.post("/v1/session", headers=bearer(token))
+        assert r.json()["expires_in"] <= 2
+        name, value, _ = set_cookie_of(r)
+        url = r.json()["events_url"]
+        async with asyncio.timeout(10), client.stream("GET", url, headers={"Cookie": f"{name}={value}"}) as s:
+            assert s.status_code == 200
+            body = (await s.aread()).decode()
+        assert body.endswith('event: reauth\ndata: {"reason":"token expired"}\n\n'), body
+        assert await stream_status(client, url, {"Cookie": f"{name}={value}"}) == 401  # and stays dead
+
+
+def test_auth_does_not_import_the_web_client() -> None:
+    """Imports go down: the browser client builds on auth, never the other way round."""
+    code = (
+        "import sys, chat_api.auth.dependencies, chat_api.auth.streamcookie; "
+        "sys.exit(any(m.startswith('chat_api.web') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
 
 
 async def test_the_cookie_authenticates_only_get_v1_events(
@@ -164,9 +239,11 @@ async def test_the_cookie_authenticates_only_get_v1_events(
 ) -> None:
     caplog.set_level(logging.INFO, logger="chat_api.access")
     user, token = user_token()
-    session = session_id(user)
-    cookie = {"Cookie": f"{cookie_name(session)}={token}"}
     async with client_of(web_server) as client:
+        name, credential, _ = set_cookie_of(await client.post("/v1/session", headers=bearer(token)))
+        client.cookies.clear()
+        session = session_id(user)
+        cookie = {"Cookie": f"{name}={credential}"}
         assert await stream_status(client, f"/v1/events?session={session}", cookie) == 200
         # The resume cursor still works beside it.
         rooms = (await client.get("/v1/rooms", headers=bearer(token))).json()
@@ -186,15 +263,37 @@ async def test_the_cookie_authenticates_only_get_v1_events(
         # The Authorization header wins: a bad bearer token is refused even beside a good cookie.
         bad = {**cookie, "Authorization": "Bearer not-a-jwt"}
         assert await stream_status(client, f"/v1/events?session={session}", bad) == 401
-        # A cookie holding a bad token is refused like a bad header, with the same 401 problem.
-        forged = {"Cookie": f"{cookie_name(session)}={mint_token('x' * 40, user, 3600)}"}
+        # A forged or altered credential is refused like a bad header, with the same 401 problem.
+        forged = {"Cookie": f"{name}={credential[:-4]}AAAA"}
         async with client.stream("GET", f"/v1/events?session={session}", headers=forged) as r:
             await r.aread()
         body = assert_problem(r, 401)
         assert body["type"].endswith("/unauthorized") and "signature" in body["detail"]
         assert r.headers["www-authenticate"].startswith('Bearer realm="chat-api", error="invalid_token"')
+        # Another user's name in a credential signed for this one does not verify either.
+        head, _, rest = credential.partition(".")
+        other = base64.urlsafe_b64encode(b"mallory").rstrip(b"=").decode()
+        swapped = {"Cookie": f"{name}={head}.{other}.{rest.partition('.')[2]}"}
+        assert await stream_status(client, f"/v1/events?session={session}", swapped) == 401
 
-    # What the access log says about those requests: the route template, never the token.
+    # What the access log says about those requests: the route template, never a credential.
     lines: list[dict[str, Any]] = [{"msg": rec.getMessage(), **rec.__dict__} for rec in caplog.records]
     assert any(line.get("http.route") == "/v1/events" for line in lines), lines
-    assert all(token not in str(line) for line in lines)
+    assert all(token not in str(line) and credential not in str(line) for line in lines)
+
+
+def test_with_a_jwks_the_web_client_needs_a_stream_cookie_secret(database_url: str) -> None:
+    """A JWKS gives the replicas no shared secret to sign stream credentials with."""
+    jwks = {
+        "jwt_secret": None,
+        "jwt_jwks_url": "https://issuer.test/jwks.json",
+        "jwt_issuer": "https://issuer.test",
+        "jwt_audience": "chat-api",
+        "web_client": True,
+    }
+    with pytest.raises(ConfigError, match="CHAT_API_STREAM_COOKIE_SECRET"):
+        create_app(make_settings(database_url, **jwks))
+    app = create_app(make_settings(database_url, stream_cookie_secret="s" * 32, **jwks))
+    assert app.state.stream_credentials is not None
+    with pytest.raises(ConfigError, match="at least 32 characters"):
+        make_settings(database_url, stream_cookie_secret="too short", **jwks)

@@ -43,28 +43,85 @@ export async function devToken(sub) {
   return answer(response);
 }
 
+/** The claims of a JWT, read without verifying it (the page only wants its own token's exp). */
+export function claimsOf(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+  } catch {
+    return null;
+  }
+}
+
+function wornOut(token) {
+  // Most of its life is over: the last quarter, at most the last five minutes.
+  const claims = claimsOf(token);
+  if (!claims || typeof claims.exp !== "number") return false;
+  const life = typeof claims.iat === "number" ? claims.exp - claims.iat : 3600;
+  return Date.now() / 1000 >= claims.exp - Math.min(300, life / 4);
+}
+
+/**
+ * A token source: `get()` resolves to a token that is good for a while. With `renew` (a function
+ * that resolves to a fresh token, e.g. POST /dev/token in `chat-api dev`) a token that is mostly
+ * used up is replaced before it runs out, once however many calls ask at the same time; `onRenewed`
+ * hears of each new one. Without it (a pasted token) the token is what it is until it expires.
+ */
+export function tokenSource(token, renew, onRenewed) {
+  let current = token;
+  let pending = null;
+  return async (force = false) => {
+    if (!renew) return force ? null : current; // nothing fresher to offer
+    if (!force && !wornOut(current)) return current;
+    pending ||= renew()
+      .then((fresh) => {
+        current = fresh;
+        onRenewed(fresh);
+        return fresh;
+      })
+      .finally(() => {
+        pending = null;
+      });
+    return pending;
+  };
+}
+
 export class Api {
   constructor(token, onUnauthorized) {
-    this.token = token;
+    this.token = token; // a token source (see tokenSource)
     this.onUnauthorized = onUnauthorized;
   }
 
   async call(method, path, { json, headers = {} } = {}) {
+    try {
+      return await this.request(method, path, json, headers, await this.token());
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 401)) throw error;
+      // Refused: one more try with a renewed token (when the source can renew), else signed out.
+      const fresh = await this.token(true).catch(() => null);
+      if (fresh) {
+        try {
+          return await this.request(method, path, json, headers, fresh);
+        } catch (again) {
+          error = again;
+        }
+      }
+      if (error instanceof ApiError && error.status === 401) this.onUnauthorized(error);
+      throw error;
+    }
+  }
+
+  async request(method, path, json, headers, token) {
     const init = {
       method,
-      headers: { Authorization: `Bearer ${this.token}`, ...headers },
+      headers: { Authorization: `Bearer ${token}`, ...headers },
       cache: "no-store",
     };
     if (json !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(json);
     }
-    try {
-      return await answer(await fetch(path, init));
-    } catch (error) {
-      if (error instanceof ApiError && error.status === 401) this.onUnauthorized(error);
-      throw error;
-    }
+    return answer(await fetch(path, init));
   }
 
   openSession() { return this.call("POST", "/v1/session"); }

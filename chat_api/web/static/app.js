@@ -6,10 +6,11 @@
 // at or below it is skipped. REST answers (a sent or edited message) update the timeline but never
 // `seenSeq`, so no event can be skipped because of them.
 
-import { Api, ApiError, devToken, newKey, sendWithRetry, sleep } from "./api.js";
+import { Api, ApiError, devToken, newKey, sendWithRetry, sleep, tokenSource } from "./api.js";
 import { EventStream } from "./stream.js";
 
 const TOKEN_KEY = "chat-api.token";
+const DEV_NAME_KEY = "chat-api.dev-name"; // signed in by name (chat-api dev): tokens are renewed
 const FLASH_KEY = "chat-api.flash";
 const ROOM_KEY = "chat-api.room";
 const PAGE = 50;
@@ -41,14 +42,16 @@ function leave(message) {
   leaving = true;
   if (stream) stream.stop();
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(DEV_NAME_KEY);
   sessionStorage.removeItem(ROOM_KEY);
   if (message) sessionStorage.setItem(FLASH_KEY, message);
   location.reload();
 }
 
 async function signOut() {
+  if (stream) stream.stop();
   try {
-    await api.closeSession(); // removes the HttpOnly stream cookie
+    await api.closeSession(); // expires the HttpOnly stream cookie
   } catch {
     // signed out here anyway
   }
@@ -68,8 +71,20 @@ async function untilReachable(what) {
   }
 }
 
-async function start(token) {
-  api = new Api(token, () => leave("Your sign-in is no longer valid: sign in again."));
+/** Where tokens come from: `chat-api dev` mints new ones by name; a pasted one cannot be renewed. */
+function tokensFor(token, devName) {
+  const renew = devName
+    ? async () => {
+        const minted = await devToken(devName);
+        if (!minted) throw new Error("this server has no /dev/token");
+        return minted.token;
+      }
+    : null;
+  return tokenSource(token, renew, (fresh) => sessionStorage.setItem(TOKEN_KEY, fresh));
+}
+
+async function start(token, devName) {
+  api = new Api(tokensFor(token, devName), () => leave("Your sign-in is no longer valid: sign in again."));
   let session;
   try {
     session = await untilReachable(() => api.openSession());
@@ -77,7 +92,8 @@ async function start(token) {
     showSignIn(error.message);
     return;
   }
-  sessionStorage.setItem(TOKEN_KEY, token);
+  sessionStorage.setItem(TOKEN_KEY, await api.token()); // it may have been renewed meanwhile
+  if (devName) sessionStorage.setItem(DEV_NAME_KEY, devName);
   me = session.user;
   $("me").textContent = me;
   $("sign-in").hidden = true;
@@ -91,7 +107,7 @@ async function start(token) {
     onState: setConnection,
     beforeReopen: () => api.openSession(),
   });
-  stream.start(cursor);
+  stream.start(cursor, session.expires_in);
   const last = sessionStorage.getItem(ROOM_KEY); // a reload reopens the room that was open
   if (last && rooms.has(last)) await openRoom(last);
 }
@@ -655,7 +671,7 @@ function wire() {
         showSignIn("This server has no sign-in by name (only chat-api dev has): use a bearer token.");
         return;
       }
-      await start(minted.token);
+      await start(minted.token, name);
     } catch (error) {
       showSignIn(`Cannot sign in: ${error.message}`);
     }
@@ -741,7 +757,7 @@ async function boot() {
   const flash = sessionStorage.getItem(FLASH_KEY);
   sessionStorage.removeItem(FLASH_KEY);
   const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) await start(token);
+  if (token) await start(token, sessionStorage.getItem(DEV_NAME_KEY));
   else showSignIn(flash);
 }
 

@@ -1,10 +1,15 @@
 // The live event stream: the browser's own EventSource on /v1/events.
 //
-// The token travels in the HttpOnly stream cookie (set by POST /v1/session), never in the URL; the
-// URL carries only `session` (which cookie) and the starting cursor, neither of them a secret.
-// EventSource reconnects by itself and sends Last-Event-ID, so the server replays what was missed.
-// When the browser gives up (an HTTP error such as 503 while a server drains, or 401), a new
-// EventSource is opened here, from the last id seen, after refreshing the cookie.
+// The stream is authenticated by the HttpOnly stream cookie (set by POST /v1/session: a stream-only
+// credential for a few minutes), never by anything in the URL; the URL carries only `session` (which
+// cookie) and the starting cursor, neither of them a secret. EventSource reconnects by itself and
+// sends Last-Event-ID, so the server replays what was missed. When the browser gives up (an HTTP
+// error such as 503 while a server drains, or 401), a new EventSource is opened here, from the last
+// id seen, after refreshing the cookie.
+//
+// The server ends a stream when its credential runs out, with `event: reauth`. So shortly before
+// then (and at once on a reauth frame) the page gets a fresh cookie — renewing its token first if
+// it is mostly used up — and opens the stream again from the last id: nothing is lost.
 
 const KINDS = [
   "room.created",
@@ -16,6 +21,7 @@ const KINDS = [
 ];
 
 export class EventStream {
+  /** `beforeReopen()` renews the cookie and resolves to POST /v1/session's answer. */
   constructor(eventsUrl, { onEvent, onReset, onState, beforeReopen }) {
     this.eventsUrl = eventsUrl;
     this.onEvent = onEvent;
@@ -26,11 +32,41 @@ export class EventStream {
     this.source = null;
     this.backoff = 1000;
     this.timer = null;
+    this.renewTimer = null;
     this.stopped = false;
   }
 
-  start(cursor) {
+  /** Opens the stream at `cursor`; `expiresIn`: seconds the current cookie has left. */
+  start(cursor, expiresIn) {
     this.lastId = cursor || null;
+    this.renewBefore(expiresIn);
+    this.open();
+  }
+
+  renewBefore(expiresIn) {
+    clearTimeout(this.renewTimer);
+    if (typeof expiresIn !== "number") return;
+    const margin = Math.min(30, expiresIn / 4);
+    this.renewTimer = setTimeout(() => this.renew(), Math.max(0, expiresIn - margin) * 1000);
+  }
+
+  async refresh() {
+    const session = await this.beforeReopen();
+    this.renewBefore(session && session.expires_in);
+  }
+
+  /** A fresh cookie, then the same stream again from the last id (planned: no backoff). */
+  async renew() {
+    if (this.stopped) return;
+    clearTimeout(this.renewTimer);
+    clearTimeout(this.timer);
+    if (this.source) this.source.close();
+    try {
+      await this.refresh();
+    } catch {
+      this.reopenLater(); // the server may be away: try again with backoff
+      return;
+    }
     this.open();
   }
 
@@ -60,6 +96,10 @@ export class EventStream {
         this.onEvent(kind, JSON.parse(event.data));
       });
     }
+    source.addEventListener("reauth", () => {
+      // The credential ran out (or was revoked): close before the browser retries with it.
+      if (source === this.source) this.renew();
+    });
     source.addEventListener("reset", (event) => {
       // The cursor was older than the retained log: reload state, continue from this id.
       if (event.lastEventId) this.lastId = event.lastEventId;
@@ -74,7 +114,7 @@ export class EventStream {
     this.backoff = Math.min(this.backoff * 2, 15000);
     this.timer = setTimeout(async () => {
       try {
-        await this.beforeReopen();
+        await this.refresh();
       } catch {
         // The server may still be away; the new EventSource will tell.
       }
@@ -85,6 +125,7 @@ export class EventStream {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.renewTimer);
     if (this.source) this.source.close();
   }
 }
