@@ -313,7 +313,9 @@ async def test_the_page_renews_its_token_and_stream_cookie_without_losing_an_eve
                 sent = await http.post(f"/v1/rooms/{room_id}/messages", json={"body": f"tick {ticks}"})
                 assert sent.status_code == 201, sent.text
                 if ticks == 10:
-                    assert app.state.hub.revoke(bob.name) == 1  # what `chat-api revoke-streams` does
+                    assert (
+                        app.state.resources.hub.revoke(bob.name) == 1
+                    )  # what `chat-api revoke-streams` does
                 await asyncio.sleep(0.4)
         for i in range(1, ticks + 1):
             await expect(bob.message(f"tick {i}")).to_have_count(1)

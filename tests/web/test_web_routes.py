@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
 from chat_api.app import create_app
 from chat_api.auth import streamcookie
@@ -193,8 +194,12 @@ async def test_over_https_the_cookie_is_secure_with_the_host_prefix(database_url
     """The scheme is the ASGI scope's (uvicorn takes X-Forwarded-Proto only from trusted proxies)."""
     app = create_app(make_settings(database_url, web_client=True))
     user, token = user_token()
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="https://chat.test") as client:
+    async with (
+        LifespanManager(app) as started,  # the lifespan's state: what requests reach
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=started.app), base_url="https://chat.test"
+        ) as client,
+    ):
         r = await client.post("/v1/session", headers=bearer(token))
         assert r.status_code == 200, r.text
         name, _, attributes = set_cookie_of(r)
@@ -282,7 +287,7 @@ async def test_the_cookie_authenticates_only_get_v1_events(
     assert all(token not in str(line) and credential not in str(line) for line in lines)
 
 
-def test_with_a_jwks_the_web_client_needs_a_stream_cookie_secret(database_url: str) -> None:
+async def test_with_a_jwks_the_web_client_needs_a_stream_cookie_secret(database_url: str) -> None:
     """A JWKS gives the replicas no shared secret to sign stream credentials with."""
     jwks = {
         "jwt_secret": None,
@@ -294,6 +299,7 @@ def test_with_a_jwks_the_web_client_needs_a_stream_cookie_secret(database_url: s
     with pytest.raises(ConfigError, match="CHAT_API_STREAM_COOKIE_SECRET"):
         create_app(make_settings(database_url, **jwks))
     app = create_app(make_settings(database_url, stream_cookie_secret="s" * 32, **jwks))
-    assert app.state.stream_credentials is not None
+    async with LifespanManager(app):
+        assert app.state.resources.stream_credentials is not None
     with pytest.raises(ConfigError, match="at least 32 characters"):
         make_settings(database_url, stream_cookie_secret="too short", **jwks)
