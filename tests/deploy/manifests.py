@@ -322,13 +322,16 @@ def crds_dir_from_env() -> Path:
 
 
 def require_crds_dir() -> Path:
-    """CHAT_API_CRDS_DIR, default ../shared/crds beside the repository. A missing folder FAILS the test
-    (never a skip): the custom resources would otherwise go unchecked."""
+    """CHAT_API_CRDS_DIR, default ../shared/crds beside the repository. A missing folder skips the test
+    on a developer's machine (a fresh clone has no ../shared) and FAILS it in CI (`CI` set), which
+    provides the folder: there the custom resources must never go unchecked."""
     directory = crds_dir_from_env()
     if not directory.is_dir():
-        pytest.fail(
+        message = (
             f"CRD schema folder {directory} does not exist: set CHAT_API_CRDS_DIR to a folder holding "
-            "the upstream CRDs (see docs/deploy.md, 'CRD schemas')",
-            pytrace=False,
+            "the upstream CRDs (see docs/deploy.md, 'CRD schemas')"
         )
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     return directory

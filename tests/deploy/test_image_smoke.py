@@ -260,11 +260,13 @@ def test_migration_job_and_image_cmd_serve_with_the_dev_environment(
     jwt_file = tmp_path / "jwt"
     jwt_file.write_text(TEST_SECRET)
     port = free_port()
+    # The overlay's URL aimed at the test database: its host and port, or (the embedded server's
+    # form) its socket directory as `?host=/dir`, which the URL's host must not drop.
+    test_host = test_db.netloc.rpartition("@")[2]
+    query = "&".join(q for q in (overlay_url.query, test_db.query) if q)
     env.update(
         DATABASE_URL=urllib.parse.urlunsplit(
-            overlay_url._replace(
-                netloc=f"{role}@{test_db.hostname}:{test_db.port or 5432}", path=test_db.path
-            )
+            overlay_url._replace(netloc=f"{role}@{test_host}", path=test_db.path, query=query)
         ),
         CHAT_API_DB_PASSWORD_FILE=str(password_file),
         CHAT_API_JWT_SECRET_FILE=str(jwt_file),

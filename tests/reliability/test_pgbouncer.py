@@ -6,7 +6,10 @@ exercised through the pooler, PgBouncer's admin console and pg_stat_activity pro
 really went through it, and the statement cache left on shows why the setting is needed.
 
 Needs Debian's `pgbouncer` (the test fails under CI when it is missing, and skips elsewhere) and
-`psql` for the admin console (it speaks only the simple query protocol).
+`psql` for the admin console (it speaks only the simple query protocol). The backend is whatever
+server the tests got (tests/pg.py): over TCP, or over the unix socket the embedded server listens on
+only (its socket directory, like libpq's `?host=/dir`); then PgBouncer runs as the directory's owner,
+the one user that may reach the socket.
 """
 
 from __future__ import annotations
@@ -99,10 +102,25 @@ class Bouncer:
 BouncerFactory = Callable[..., Awaitable[Bouncer]]
 
 
-def _run_as() -> str | None:
-    """PgBouncer refuses to run as root: run it as the postgres system user (or nobody) then."""
+def backend_address(database_url: str) -> tuple[str, int]:
+    """Host (a name, an address, or a unix-socket directory) and port of a libpq-style URL: from the
+    authority, else from `?host=`/`?port=` (how the embedded server's URL names its socket directory)."""
+    parts = urllib.parse.urlsplit(database_url)
+    query = urllib.parse.parse_qs(parts.query)
+    host = parts.hostname or query.get("host", ["127.0.0.1"])[0]
+    port = parts.port or int(query.get("port", ["5432"])[0])
+    return host, port
+
+
+def _run_as(backend_host: str) -> str | None:
+    """PgBouncer refuses to run as root: run it as the owner of the backend's socket directory (the
+    embedded server's data directory is private to its user), else as postgres (or nobody)."""
     if os.geteuid() != 0:
         return None
+    if backend_host.startswith("/"):
+        owner = os.stat(backend_host).st_uid
+        if owner != 0:
+            return pwd.getpwuid(owner).pw_name
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name).pw_name
@@ -145,8 +163,8 @@ async def run_pgbouncer(database_url: str, **extra: str) -> AsyncIterator[Bounce
         # without that support (1.18, Debian 12's, has none at all and refuses the setting).
         settings["max_prepared_statements"] = "0"
     settings.update(extra)
-    host = backend.hostname or "127.0.0.1"
-    target = f"host={host} port={backend.port or 5432} dbname={dbname}"
+    host, backend_port = backend_address(database_url)
+    target = f"host={host} port={backend_port} dbname={dbname}"
     ini = "\n".join(
         ["[databases]", f"{dbname} = {target}", "[pgbouncer]", *(f"{k} = {v}" for k, v in settings.items())]
     )
@@ -160,7 +178,7 @@ async def run_pgbouncer(database_url: str, **extra: str) -> AsyncIterator[Bounce
         str(directory / "pgbouncer.ini"),
         stdout=log,
         stderr=log,
-        user=_run_as(),
+        user=_run_as(host),
     )
     bouncer = Bouncer(port, user, dbname, directory, process)
     try:
@@ -198,7 +216,10 @@ async def start_pgbouncer(database_url: str) -> AsyncIterator[BouncerFactory]:
 
 
 def with_app_name(url: str, application_name: str) -> str:
-    return f"{url}?application_name={application_name}"
+    """The URL with application_name added to its query (which may already hold `host=`)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.urlencode([("application_name", application_name)])
+    return urllib.parse.urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query))
 
 
 async def start_app_behind(
@@ -311,7 +332,8 @@ async def test_every_query_path_works_through_pgbouncer_in_transaction_mode(
 
     # The traffic really went through PgBouncer: its counters moved, its pool is in transaction
     # mode, and every backend of the app's pool is one of PgBouncer's server connections, while the
-    # hub's LISTEN connection is direct.
+    # hub's LISTEN connection is direct. Backends are matched by process id (PgBouncer's remote_pid),
+    # which holds over TCP and over a unix socket alike (where client_port is -1).
     after_stats = stats_of(await bouncer.show("STATS"), bouncer.dbname)
     transactions = int(after_stats["total_xact_count"]) - int(stats_before["total_xact_count"])
     assert transactions >= 60, after_stats
@@ -320,20 +342,20 @@ async def test_every_query_path_works_through_pgbouncer_in_transaction_mode(
     clients = [c for c in await bouncer.show("CLIENTS") if c["database"] == bouncer.dbname]
     assert len(clients) >= 2, clients  # the app's pooled connections are PgBouncer's clients
     servers = await bouncer.show("SERVERS")
-    bouncer_ports = {int(s["local_port"]) for s in servers if s["database"] == bouncer.dbname}
-    assert 0 < len(bouncer_ports) <= SERVER_POOL_SIZE
+    bouncer_pids = {int(s["remote_pid"]) for s in servers if s["database"] == bouncer.dbname}
+    assert 0 < len(bouncer_pids) <= SERVER_POOL_SIZE
     admin = await asyncpg.connect(admin_url)
     try:
         backends = await admin.fetch(
-            "SELECT application_name, client_port FROM pg_stat_activity WHERE datname = $1",
+            "SELECT application_name, pid FROM pg_stat_activity WHERE datname = $1",
             bouncer.dbname,
         )
     finally:
         await admin.close()
-    pooled = {b["client_port"] for b in backends if b["application_name"] == POOLED_APP_NAME}
-    hub = {b["client_port"] for b in backends if b["application_name"] == HUB_APP_NAME}
-    assert pooled and pooled <= bouncer_ports, (pooled, bouncer_ports)
-    assert len(hub) == 1 and not hub & bouncer_ports, (hub, bouncer_ports)
+    pooled = {b["pid"] for b in backends if b["application_name"] == POOLED_APP_NAME}
+    hub = {b["pid"] for b in backends if b["application_name"] == HUB_APP_NAME}
+    assert pooled and pooled <= bouncer_pids, (pooled, bouncer_pids)
+    assert len(hub) == 1 and not hub & bouncer_pids, (hub, bouncer_pids)
 
 
 # --- why CHAT_API_DB_STATEMENT_CACHE=0 is needed -----------------------------------------------------
