@@ -22,7 +22,7 @@ from chat_api.auth.tokens import mint_token
 from chat_api.core.config import Settings, load_settings
 from chat_api.core.migrations import migrate
 from chat_api.server import server_config
-from tests.pg import admin_database_url
+from tests.support.pg import admin_database_url
 
 TEST_SECRET = "test-secret-" + "x" * 32
 # The servers of the tests log in as a runtime role without DDL rights, as in the overlays (a hyphen

@@ -34,7 +34,7 @@ from chat_api.auth.tokens import TokenVerifier
 from chat_api.core.config import load_settings, parse_jwt_keys
 from chat_api.core.secretfile import RECHECK_SECONDS, SecretFile
 from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, assert_problem, free_port
-from tests.secretvolume import SecretVolume
+from tests.support.secretvolume import SecretVolume
 
 ROOMS = "/v1/rooms"
 ISSUER = "https://issuer.test"

@@ -22,7 +22,7 @@ from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, Subscription
 from chat_api.events.reader import prune
 from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, User, UserFactory, assert_problem
-from tests.sse import open_stream
+from tests.support.sse import open_stream
 
 
 async def test_every_change_arrives_with_the_full_object(

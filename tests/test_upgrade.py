@@ -39,8 +39,8 @@ from tests.conftest import (
     with_database,
     with_user,
 )
-from tests.processes import stop_process
-from tests.sse import open_stream
+from tests.support.processes import stop_process
+from tests.support.sse import open_stream
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ really went through it, and the statement cache left on shows why the setting is
 
 Needs Debian's `pgbouncer` (the test fails under CI when it is missing, and skips elsewhere) and
 `psql` for the admin console (it speaks only the simple query protocol). The backend is whatever
-server the tests got (tests/pg.py): over TCP, or over the unix socket the embedded server listens on
-only (its socket directory, like libpq's `?host=/dir`); then PgBouncer runs as the directory's owner,
-the one user that may reach the socket.
+server the tests got (tests/support/pg.py): over TCP, or over the unix socket the embedded server
+listens on only (its socket directory, like libpq's `?host=/dir`); then PgBouncer runs as the
+directory's owner, the one user that may reach the socket.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import RunningServer, ServerFactory, UserFactory, assert_problem, free_port
-from tests.sse import open_stream
+from tests.support.sse import open_stream
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 PSQL = shutil.which("psql") or "psql"

@@ -18,7 +18,7 @@ import pytest
 
 from chat_api.server import MAX_HEAD_BYTES
 from tests.conftest import TEST_SECRET, free_port
-from tests.processes import stop_process
+from tests.support.processes import stop_process
 
 HEADER_TIMEOUT = 2.0
 
