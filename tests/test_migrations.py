@@ -35,7 +35,7 @@ from chat_api.core.migrations import (
 )
 from chat_api.core.schema import SCHEMA_REVISION, Base
 from chat_api.messages.schemas import Message
-from tests.conftest import make_settings, with_database, with_user
+from tests.support.settings import make_settings, with_database, with_user
 
 TABLES = {"rooms", "members", "room_refusals", "messages", "events", "event_log_state"}
 COMMAND_TIMEOUT = 60

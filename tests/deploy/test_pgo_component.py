@@ -32,7 +32,6 @@ import yaml
 from asyncpg import connect_utils
 
 from chat_api.core.dburl import parse_database_url
-from tests.conftest import with_database, with_user
 from tests.deploy.manifests import (
     DEPLOY,
     OVERLAYS,
@@ -62,6 +61,7 @@ from tests.deploy.test_secrets_and_roles import (
     tls_problems,
     workload_references_secret,
 )
+from tests.support.settings import with_database, with_user
 from tests.test_migrations import run_migrate
 
 KUBERNETES_VERSION = "1.34.0"

@@ -27,9 +27,10 @@ import httpx
 
 from chat_api.auth.tokens import mint_token
 from chat_api.core.migrations import migrate
-from tests.conftest import TEST_SECRET, free_port, make_settings
 from tests.support.pgcluster import ThrowawayCluster
 from tests.support.processes import stop_process
+from tests.support.servers import free_port
+from tests.support.settings import TEST_SECRET, make_settings
 
 CLI = [sys.executable, "-m", "chat_api"]
 DB_TIMEOUT = 3.0  # CHAT_API_DB_TIMEOUT of every server the harness starts

@@ -33,8 +33,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import RunningServer, ServerFactory, UserFactory, assert_problem, free_port
+from tests.support.problems import assert_problem
+from tests.support.servers import RunningServer, ServerFactory, free_port
 from tests.support.sse import open_stream
+from tests.support.users import UserFactory
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 PSQL = shutil.which("psql") or "psql"
@@ -417,7 +419,7 @@ async def test_pruning_through_pgbouncer_leaves_no_lock_behind(
     # transaction, so it cannot stay behind on a pooled server connection (a session lock would).
     from chat_api.core.db import Database
     from chat_api.events.reader import PRUNE_LOCK_KEY, prune
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     bouncer = await start_pgbouncer()
     # A retention of ten years: the lock is taken and released, and no event of other tests is pruned.
