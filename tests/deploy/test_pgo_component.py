@@ -61,8 +61,8 @@ from tests.deploy.test_secrets_and_roles import (
     tls_problems,
     workload_references_secret,
 )
+from tests.support.migrate import run_migrate
 from tests.support.settings import with_database, with_user
-from tests.test_migrations import run_migrate
 
 KUBERNETES_VERSION = "1.34.0"
 COMPONENT = "../../components/pgo"

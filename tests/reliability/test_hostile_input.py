@@ -39,8 +39,8 @@ from chat_api.events.cursor import Cursor
 from tests.support.problems import assert_problem
 from tests.support.servers import RunningServer, ServerFactory
 from tests.support.sse import open_stream
+from tests.support.tokens import JwksServer, claims, hs256, rsa_jwk, rsa_key, signed, unsigned
 from tests.support.users import User, UserFactory
-from tests.test_auth import JwksServer, claims, hs256, rsa_jwk, rsa_key, signed, unsigned
 
 KIB = 1024
 SQL = "'; DROP TABLE rooms; --"
