@@ -31,6 +31,7 @@ from tests.support.pgcluster import ThrowawayCluster
 from tests.support.processes import stop_process
 from tests.support.servers import free_port
 from tests.support.settings import TEST_SECRET, make_settings
+from tests.support.sse import Frame, Parser, Retry
 
 CLI = [sys.executable, "-m", "chat_api"]
 DB_TIMEOUT = 3.0  # CHAT_API_DB_TIMEOUT of every server the harness starts
@@ -373,14 +374,6 @@ class Sender:
 
 
 @dataclass
-class Frame:
-    server: str
-    id: str | None
-    event: str
-    data: Any
-
-
-@dataclass
 class Connection:
     """One GET /v1/events of a Follower: where, what it got, and how it ended."""
 
@@ -427,23 +420,17 @@ class Follower:
                 if response.status_code != 200:
                     await response.aread()
                     return
-                current: dict[str, str] = {}
+                parser = Parser()
                 async for line in response.aiter_lines():
-                    if line.startswith("retry:"):
+                    item = parser.feed(line)
+                    if isinstance(item, Retry):
                         self.opened.set()  # sent after the subscription is registered
-                    elif not line:
-                        if "event" in current:
-                            data = json.loads(current["data"]) if "data" in current else None
-                            frame = Frame(base, current.get("id"), current["event"], data)
-                            self.frames.append(frame)
-                            connection.frames += 1
-                            if frame.id:
-                                self.last_id = frame.id
-                            self.changed.set()
-                        current = {}
-                    elif not line.startswith(":"):
-                        name, _, value = line.partition(":")
-                        current[name] = value.removeprefix(" ")
+                    elif isinstance(item, Frame):
+                        self.frames.append(item)
+                        connection.frames += 1
+                        if item.id:
+                            self.last_id = item.id
+                        self.changed.set()
         except httpx.TransportError as exc:
             connection.error = type(exc).__name__
             if isinstance(exc, httpx.ConnectError):
