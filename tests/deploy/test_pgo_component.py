@@ -32,9 +32,11 @@ import yaml
 from asyncpg import connect_utils
 
 from chat_api.core.dburl import parse_database_url
+from tests.deploy.argocd_rules import application, project_problems
 from tests.deploy.manifests import (
     DEPLOY,
     OVERLAYS,
+    POLICY_DIR,
     REPO,
     CrdSchemas,
     Obj,
@@ -48,9 +50,7 @@ from tests.deploy.manifests import (
     pod_spec,
     wave,
 )
-from tests.deploy.test_argocd import application, project_problems
-from tests.deploy.test_policy import POLICY_DIR
-from tests.deploy.test_secrets_and_roles import (
+from tests.deploy.secret_rules import (
     NAMESPACES,
     OWNER_URL_FILE,
     PASSWORD_FILE,
