@@ -24,7 +24,7 @@ from chat_api.auth.tokens import mint_token
 from chat_api.devserver import create_dev_app
 from tests.support.servers import free_port, serve
 from tests.support.settings import TEST_SECRET, make_settings
-from tests.web.conftest import ARTIFACTS
+from tests.web.browser import ARTIFACTS
 
 TIMEOUT_MS = 20_000
 
