@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, User, UserFactory
+from tests.support.servers import RunningServer
+from tests.support.users import User, UserFactory
 
 ROLES = ("owner", "member", "removed", "outsider", "anonymous")
 

@@ -24,9 +24,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEST_SECRET, free_port
-from tests.pgcluster import ThrowawayCluster
-from tests.processes import stop_process
+from tests.support.pgcluster import ThrowawayCluster
+from tests.support.processes import stop_process
+from tests.support.servers import free_port
+from tests.support.settings import TEST_SECRET
 
 CLI = [sys.executable, "-m", "chat_api"]
 # What CloudNativePG may generate: characters with a meaning in a URI, and a literal %2F to catch double

@@ -22,10 +22,11 @@ from chat_api.core.config import ConfigError, Settings
 from chat_api.core.db import Database, DatabaseUnavailable
 from chat_api.core.dburl import SSL_MODES, DatabaseUrlError, parse_database_url
 from chat_api.core.migrations import migrate
-from tests.conftest import TEST_SECRET, make_settings, serve
-from tests.pgcluster import ThrowawayCluster, ca_pem, ssl_available
-from tests.secretvolume import SecretVolume
-from tests.sse import open_stream
+from tests.support.pgcluster import ThrowawayCluster, ca_pem, ssl_available
+from tests.support.secretvolume import SecretVolume
+from tests.support.servers import serve
+from tests.support.settings import TEST_SECRET, make_settings
+from tests.support.sse import open_stream
 
 # What CloudNativePG may generate: every character that has a meaning in a URI.
 WrongPassword = asyncpg.exceptions.InvalidPasswordError

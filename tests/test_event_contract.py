@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from chat_api.events.contract import MEMBERSHIP, NOTIFY_CHANNEL, OBJECT_KEY, EventKind, room_lock_key
-from tests.conftest import User
+from tests.support.users import User
 
 
 async def test_every_write_path_logs_the_contracts_kinds_and_envelopes(

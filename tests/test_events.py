@@ -21,8 +21,11 @@ from chat_api.core.db import Database
 from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, Subscription
 from chat_api.events.reader import prune
-from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, User, UserFactory, assert_problem
-from tests.sse import open_stream
+from tests.support.problems import assert_problem
+from tests.support.servers import RunningServer, ServerFactory
+from tests.support.settings import TEST_SECRET
+from tests.support.sse import open_stream
+from tests.support.users import User, UserFactory
 
 
 async def test_every_change_arrives_with_the_full_object(

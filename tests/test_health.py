@@ -13,14 +13,9 @@ import httpx
 
 from chat_api.core.migrations import migrate
 from chat_api.core.schema import SCHEMA_REVISION
-from tests.conftest import (
-    RunningServer,
-    ServerFactory,
-    assert_problem,
-    free_port,
-    make_settings,
-    with_database,
-)
+from tests.support.problems import assert_problem
+from tests.support.servers import RunningServer, ServerFactory, free_port
+from tests.support.settings import make_settings, with_database
 
 
 async def test_healthz_and_readyz_ok(server: RunningServer) -> None:

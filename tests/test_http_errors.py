@@ -10,7 +10,9 @@ import pytest
 
 from chat_api.app import create_app
 from chat_api.core.config import Settings
-from tests.conftest import RunningServer, ServerFactory, User, assert_problem, serve
+from tests.support.problems import assert_problem
+from tests.support.servers import RunningServer, ServerFactory, serve
+from tests.support.users import User
 
 
 async def test_unknown_route_is_a_404_problem(server: RunningServer) -> None:

@@ -7,7 +7,8 @@ import uuid
 
 import asyncpg
 
-from tests.conftest import User, assert_problem
+from tests.support.problems import assert_problem
+from tests.support.users import User
 
 
 async def test_sent_message_reads_back_identically(alice: User, bob: User) -> None:

@@ -4,7 +4,6 @@ full downgrade / upgrade round trip. Each test has its own throwaway database (c
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -35,20 +34,10 @@ from chat_api.core.migrations import (
 )
 from chat_api.core.schema import SCHEMA_REVISION, Base
 from chat_api.messages.schemas import Message
-from tests.conftest import make_settings, with_database, with_user
+from tests.support.migrate import COMMAND_TIMEOUT, cli_env, run_migrate
+from tests.support.settings import make_settings, with_database, with_user
 
 TABLES = {"rooms", "members", "room_refusals", "messages", "events", "event_log_state"}
-COMMAND_TIMEOUT = 60
-
-
-def cli_env(database_url: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "DATABASE_URL_FILE") and not k.startswith("CHAT_API_")
-    }
-    env.update(DATABASE_URL=database_url, CHAT_API_LOG_FORMAT="console")
-    return env
 
 
 async def start_migrate(env: dict[str, str], out: Path) -> asyncio.subprocess.Process:
@@ -265,20 +254,6 @@ async def test_0004_writes_the_doc_of_messages_stored_before_it(fresh_url: str) 
     assert doc["deleted"] is False and doc["reply_to"] is None and set(doc) == set(Message.model_fields)
     assert orjson.loads(seen["sent_at_head"])["body"] == "at head"
     assert orjson.loads(seen["sent_at_0003"])["body"] == "at 0003"
-
-
-def run_migrate(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`chat-api migrate ARGS` as the migration Job runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "chat_api", "migrate", *args],
-        env={**cli_env(url), **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # the log and the error line, in order
-        text=True,
-        timeout=COMMAND_TIMEOUT,
-        check=False,
-    )
 
 
 async def applied(url: str) -> tuple[str, list[str]]:

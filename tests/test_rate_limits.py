@@ -15,7 +15,10 @@ import pytest
 from chat_api.core.config import Settings
 from chat_api.core.errors import Problem
 from chat_api.core.ratelimit import BUDGETS, Action, Budget, RateLimits, TokenBucket
-from tests.conftest import ServerFactory, User, UserFactory, assert_problem, make_settings
+from tests.support.problems import assert_problem
+from tests.support.servers import ServerFactory
+from tests.support.settings import make_settings
+from tests.support.users import User, UserFactory
 
 # ---- the bucket itself (no server) ----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, Subscription
 from chat_api.events.reader import _REPLAY_ALL, EVENT_COLUMNS, HORIZON_SQL
 from chat_api.events.router import REPLAY_BATCH, _stream
-from tests.conftest import make_settings, with_database
+from tests.support.settings import make_settings, with_database
 
 USER = "replayer"
 ROOMS = 3

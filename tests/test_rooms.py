@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import User, UserFactory, assert_problem
+from tests.support.problems import assert_problem
+from tests.support.users import User, UserFactory
 
 
 async def test_creator_is_owner_and_listed_members_are_members(alice: User, bob: User, carol: User) -> None:

@@ -11,7 +11,7 @@ from chat_api.events.contract import EventKind, envelope
 from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, HEARTBEAT, Hub, Subscription
 from chat_api.events.reader import Event
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 ROOM, OTHER = uuid.uuid4(), uuid.uuid4()
 

@@ -23,9 +23,11 @@ from fastapi import Request
 import chat_api
 from chat_api.app import create_app
 from chat_api.core.telemetry import Telemetry
-from tests.conftest import RunningServer, ServerFactory, UserFactory, free_port, make_settings, serve
-from tests.otlp import GrpcReceiver, HttpReceiver, LogView, SpanView, Store
-from tests.sse import open_stream
+from tests.support.otlp import GrpcReceiver, HttpReceiver, LogView, SpanView, Store
+from tests.support.servers import RunningServer, ServerFactory, free_port, serve
+from tests.support.settings import make_settings
+from tests.support.sse import open_stream
+from tests.support.users import UserFactory
 
 MESSAGES_ROUTE = "/v1/rooms/{room_id}/messages"
 STATEMENT_KEYS = ("db.statement", "db.query.text")

@@ -29,18 +29,11 @@ import httpx
 import pytest
 
 from chat_api.core.migrations import head_revision, migrate
-from tests.conftest import (
-    RUNTIME_PASSWORD,
-    TEST_SECRET,
-    User,
-    free_port,
-    make_settings,
-    serve,
-    with_database,
-    with_user,
-)
-from tests.processes import stop_process
-from tests.sse import open_stream
+from tests.support.processes import stop_process
+from tests.support.servers import free_port, serve
+from tests.support.settings import RUNTIME_PASSWORD, TEST_SECRET, make_settings, with_database, with_user
+from tests.support.sse import open_stream
+from tests.support.users import User
 
 pytestmark = pytest.mark.slow
 

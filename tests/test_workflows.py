@@ -339,7 +339,7 @@ def test_ci_fetches_the_crds_and_points_the_tests_at_them() -> None:
 def test_one_job_runs_the_database_tests_through_testcontainers() -> None:
     doc = load(WORKFLOWS / "ci.yml")
     job = ci_job("test-testcontainers")
-    # No database given: tests/pg.py falls through to testcontainers (Docker runs on the runner
+    # No database given: tests/support/pg.py falls through to testcontainers (Docker runs on the runner
     # itself, so no container job and no service).
     assert "services" not in job and "container" not in job
     assert str(job["runs-on"]).startswith("ubuntu-")

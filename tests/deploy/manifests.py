@@ -21,6 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
+POLICY_DIR = DEPLOY / "policy"  # the Rego rules the rendered overlays must pass
 OVERLAYS = ("dev", "prd")
 IMAGE = "ghcr.io/product-team/chat-api"
 Obj = dict[str, Any]

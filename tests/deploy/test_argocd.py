@@ -19,6 +19,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.argocd_rules import (
+    CLUSTERS,
+    NAMESPACES,
+    PROJECT,
+    REPO_URL,
+    application,
+    project_problems,
+)
 from tests.deploy.manifests import (
     DEPLOY,
     IMAGE,
@@ -28,49 +36,19 @@ from tests.deploy.manifests import (
     Obj,
     annotations_of,
     changed_leaves,
-    group_of,
     kustomize,
     objects,
     one,
     overlay_images,
 )
 
-REPO_URL = "https://github.com/product-team/chat-api.git"
-NAMESPACES = {"dev": "product-team-dev", "prd": "product-team"}
-# The cluster names the Applications and the AppProjects point at (ArgoCD's cluster secrets).
-CLUSTERS = {"dev": "dev", "prd": "prd"}
-PROJECT = "product-team-chat"
 # How a new release tag reaches each environment.
 PROMOTION = {"dev": "commit", "prd": "pull-request"}
-
-# The namespaced kinds the tenant's AppProject may whitelist, and nothing broader: what the overlays
-# render, the HPA (an opt-in component), the SealedSecret of the JWT key and a pgo PostgresCluster
-# (the database alternative), and HTTPRoute (gateway component) only where an overlay renders one.
-PERMITTED_KINDS = {
-    ("apps", "Deployment"),
-    ("", "Service"),
-    ("", "ServiceAccount"),
-    ("", "ConfigMap"),
-    ("batch", "Job"),
-    ("networking.k8s.io", "NetworkPolicy"),
-    ("policy", "PodDisruptionBudget"),
-    ("networking.k8s.io", "Ingress"),
-    ("autoscaling", "HorizontalPodAutoscaler"),
-    ("postgresql.cnpg.io", "Cluster"),
-    ("bitnami.com", "SealedSecret"),
-    ("postgres-operator.crunchydata.com", "PostgresCluster"),
-    ("gateway.networking.k8s.io", "HTTPRoute"),
-}
-ONLY_WHEN_RENDERED = {("gateway.networking.k8s.io", "HTTPRoute")}
 
 
 def other(env: str) -> str:
     (name,) = set(OVERLAYS) - {env}
     return name
-
-
-def application(argocd_objects: list[Obj], env: str) -> Obj:
-    return one(argocd_objects, "Application", f"chat-api-{env}")
 
 
 def updater_for(argocd_objects: list[Obj], app: Obj) -> tuple[Obj, Obj]:
@@ -101,10 +79,6 @@ def kustomize_base(write_back_target: str, source_path: str) -> str:
 def allow_tags_regex(allow_tags: str) -> re.Pattern[str]:
     assert allow_tags.startswith("regexp:"), "allowTags needs the regexp: prefix"
     return re.compile(allow_tags.removeprefix("regexp:"))
-
-
-def group_kinds(objs: list[Obj]) -> set[tuple[str, str]]:
-    return {(group_of(o), str(o["kind"])) for o in objs}
 
 
 # ---- the invariants ---------------------------------------------------------------------------------
@@ -138,55 +112,6 @@ def destination_problems(app: Obj, env: str) -> list[str]:
     want = {"name": CLUSTERS[env], "namespace": NAMESPACES[env]}
     got = app["spec"]["destination"]
     return [] if got == want else [f"destination {got}, want {want} (by name, no server)"]
-
-
-def project_problems(project: Obj, app: Obj, rendered: list[Obj], env: str) -> list[str]:
-    """The AppProject admits this repository, this cluster and namespace, the Namespace that
-    CreateNamespace creates, and exactly the namespaced kinds the overlay needs: no wildcard."""
-    problems = []
-    spec = project["spec"]
-    if app["spec"]["project"] != project["metadata"]["name"] or project["metadata"]["name"] != PROJECT:
-        problems.append(
-            f"Application project {app['spec']['project']!r}, AppProject {project['metadata']['name']!r}"
-        )
-    if (
-        spec.get("sourceRepos") != [app["spec"]["source"]["repoURL"]]
-        or app["spec"]["source"]["repoURL"] != REPO_URL
-    ):
-        problems.append(f"sourceRepos {spec.get('sourceRepos')}, want [{REPO_URL}]")
-    want_destination = [{"name": CLUSTERS[env], "namespace": NAMESPACES[env]}]
-    if spec.get("destinations") != want_destination:
-        problems.append(f"destinations {spec.get('destinations')}, want {want_destination}")
-    # CreateNamespace=true and managedNamespaceMetadata create and label the Namespace: ArgoCD
-    # refuses it ("resource :Namespace is not permitted in project") unless whitelisted.
-    want_cluster = [{"group": "", "kind": "Namespace", "name": NAMESPACES[env]}]
-    if spec.get("clusterResourceWhitelist") != want_cluster:
-        problems.append(
-            f"clusterResourceWhitelist {spec.get('clusterResourceWhitelist')}, want {want_cluster}"
-        )
-    entries = spec.get("namespaceResourceWhitelist") or []
-    listed = [(e.get("group"), e.get("kind")) for e in entries]
-    if any(set(e) != {"group", "kind"} for e in entries):
-        problems.append("namespaceResourceWhitelist entries need exactly group and kind")
-    if any("*" in str(part) for entry in listed for part in entry):
-        problems.append("namespaceResourceWhitelist has a wildcard")
-    if len(listed) != len(set(listed)):
-        problems.append("namespaceResourceWhitelist lists a kind twice")
-    needed = group_kinds(rendered)
-    allowed = set(listed)
-    if missing := needed - allowed:
-        problems.append(f"the overlay renders kinds the project does not allow: {sorted(missing)}")
-    if broader := allowed - PERMITTED_KINDS:
-        problems.append(f"the project allows kinds beyond the permitted set: {sorted(broader)}")
-    if unused := (allowed & ONLY_WHEN_RENDERED) - needed:
-        problems.append(f"the project allows kinds the overlay does not render: {sorted(unused)}")
-    for key in ("sourceNamespaces", "clusterResourceBlacklist", "namespaceResourceBlacklist"):
-        if key in spec:
-            problems.append(f"unexpected {key}")
-    for field in ("sourceRepos", "destinations"):
-        if "*" in yaml.safe_dump(spec.get(field)):
-            problems.append(f"{field} has a wildcard")
-    return problems
 
 
 def write_back_problems(updater: Obj, app: Obj, env: str) -> list[str]:

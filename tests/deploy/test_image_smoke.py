@@ -35,7 +35,6 @@ import httpx
 import pytest
 
 from chat_api.auth.tokens import mint_token
-from tests.conftest import TEST_SECRET, free_port
 from tests.deploy.manifests import (
     REPO,
     Obj,
@@ -48,6 +47,8 @@ from tests.deploy.manifests import (
     one,
     pod_spec,
 )
+from tests.support.servers import free_port
+from tests.support.settings import TEST_SECRET
 
 pytestmark = pytest.mark.slow
 

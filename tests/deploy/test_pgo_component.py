@@ -32,10 +32,11 @@ import yaml
 from asyncpg import connect_utils
 
 from chat_api.core.dburl import parse_database_url
-from tests.conftest import with_database, with_user
+from tests.deploy.argocd_rules import application, project_problems
 from tests.deploy.manifests import (
     DEPLOY,
     OVERLAYS,
+    POLICY_DIR,
     REPO,
     CrdSchemas,
     Obj,
@@ -49,9 +50,7 @@ from tests.deploy.manifests import (
     pod_spec,
     wave,
 )
-from tests.deploy.test_argocd import application, project_problems
-from tests.deploy.test_policy import POLICY_DIR
-from tests.deploy.test_secrets_and_roles import (
+from tests.deploy.secret_rules import (
     NAMESPACES,
     OWNER_URL_FILE,
     PASSWORD_FILE,
@@ -62,7 +61,8 @@ from tests.deploy.test_secrets_and_roles import (
     tls_problems,
     workload_references_secret,
 )
-from tests.test_migrations import run_migrate
+from tests.support.migrate import run_migrate
+from tests.support.settings import with_database, with_user
 
 KUBERNETES_VERSION = "1.34.0"
 COMPONENT = "../../components/pgo"

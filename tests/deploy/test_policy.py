@@ -11,9 +11,8 @@ import pytest
 import regorus
 import yaml
 
-from tests.deploy.manifests import DEPLOY, Obj
+from tests.deploy.manifests import POLICY_DIR, Obj
 
-POLICY_DIR = DEPLOY / "policy"
 FIXTURES = Path(__file__).parent / "fixtures"
 RULE_ID = re.compile(r'msg := sprintf\("\[([a-z0-9-]+)\]')
 

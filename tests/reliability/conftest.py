@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.reliability.faults import ChatDatabase, chat_database
+from tests.reliability.support.cluster import ChatDatabase, chat_database
 
 
 @pytest.fixture

@@ -11,20 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.faults import (
-    ChatDatabase,
+from tests.reliability.support.checks import check_database, check_stream, report
+from tests.reliability.support.clients import (
     Follower,
     Route,
     Sender,
     acked_again,
-    check_database,
-    check_stream,
     create_room,
-    report,
     running,
-    server_processes,
     wait_until,
 )
+from tests.reliability.support.cluster import ChatDatabase
+from tests.reliability.support.servers import server_processes
 
 pytestmark = pytest.mark.slow
 

@@ -14,23 +14,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.reliability.faults import (
-    ANSWER_MARGIN,
-    DB_TIMEOUT,
-    ChatDatabase,
+from tests.reliability.support.checks import check_database, check_stream, report
+from tests.reliability.support.clients import (
     Follower,
     Route,
     Sender,
     acked_again,
     bearer,
-    check_database,
-    check_stream,
     create_room,
-    report,
     running,
-    server_processes,
     wait_until,
 )
+from tests.reliability.support.cluster import ChatDatabase
+from tests.reliability.support.servers import ANSWER_MARGIN, DB_TIMEOUT, server_processes
 
 pytestmark = pytest.mark.slow
 

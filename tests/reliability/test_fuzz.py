@@ -38,7 +38,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.core.failures import FailureGroup
 
-from tests.conftest import User, make_settings, serve
+from tests.support.servers import serve
+from tests.support.settings import make_settings
+from tests.support.users import User
 
 EXAMPLES_PER_MODE = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 50}
 NOT_FUZZED = {"GET /v1/events"}  # an endless text/event-stream body (see the module docstring)

@@ -36,9 +36,11 @@ import pytest
 
 import chat_api.auth.tokens
 from chat_api.events.cursor import Cursor
-from tests.conftest import RunningServer, ServerFactory, User, UserFactory, assert_problem
-from tests.sse import open_stream
-from tests.test_auth import JwksServer, claims, hs256, rsa_jwk, rsa_key, signed, unsigned
+from tests.support.problems import assert_problem
+from tests.support.servers import RunningServer, ServerFactory
+from tests.support.sse import open_stream
+from tests.support.tokens import JwksServer, claims, hs256, rsa_jwk, rsa_key, signed, unsigned
+from tests.support.users import User, UserFactory
 
 KIB = 1024
 SQL = "'; DROP TABLE rooms; --"

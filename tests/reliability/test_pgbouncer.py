@@ -7,9 +7,9 @@ really went through it, and the statement cache left on shows why the setting is
 
 Needs Debian's `pgbouncer` (the test fails under CI when it is missing, and skips elsewhere) and
 `psql` for the admin console (it speaks only the simple query protocol). The backend is whatever
-server the tests got (tests/pg.py): over TCP, or over the unix socket the embedded server listens on
-only (its socket directory, like libpq's `?host=/dir`); then PgBouncer runs as the directory's owner,
-the one user that may reach the socket.
+server the tests got (tests/support/pg.py): over TCP, or over the unix socket the embedded server
+listens on only (its socket directory, like libpq's `?host=/dir`); then PgBouncer runs as the
+directory's owner, the one user that may reach the socket.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import RunningServer, ServerFactory, UserFactory, assert_problem, free_port
-from tests.sse import open_stream
+from tests.support.problems import assert_problem
+from tests.support.servers import RunningServer, ServerFactory, free_port
+from tests.support.sse import open_stream
+from tests.support.users import UserFactory
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 PSQL = shutil.which("psql") or "psql"
@@ -417,7 +419,7 @@ async def test_pruning_through_pgbouncer_leaves_no_lock_behind(
     # transaction, so it cannot stay behind on a pooled server connection (a session lock would).
     from chat_api.core.db import Database
     from chat_api.events.reader import PRUNE_LOCK_KEY, prune
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     bouncer = await start_pgbouncer()
     # A retention of ten years: the lock is taken and released, and no event of other tests is pruned.

@@ -14,19 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.faults import (
-    ChatDatabase,
-    Follower,
-    Route,
-    Sender,
-    bearer,
-    check_database,
-    check_stream,
-    create_room,
-    report,
-    running,
-    server_processes,
-)
+from tests.reliability.support.checks import check_database, check_stream, report
+from tests.reliability.support.clients import Follower, Route, Sender, bearer, create_room, running
+from tests.reliability.support.cluster import ChatDatabase
+from tests.reliability.support.servers import server_processes
 
 pytestmark = pytest.mark.slow
 

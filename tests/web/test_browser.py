@@ -22,8 +22,9 @@ from chat_api.app import create_app
 from chat_api.auth import streamcookie
 from chat_api.auth.tokens import mint_token
 from chat_api.devserver import create_dev_app
-from tests.conftest import TEST_SECRET, free_port, make_settings, serve
-from tests.web.conftest import ARTIFACTS
+from tests.support.servers import free_port, serve
+from tests.support.settings import TEST_SECRET, make_settings
+from tests.web.browser import ARTIFACTS
 
 TIMEOUT_MS = 20_000
 

@@ -23,7 +23,9 @@ from chat_api.auth.tokens import mint_token
 from chat_api.core.config import ConfigError, load_settings
 from chat_api.devserver import create_dev_app
 from chat_api.web.router import CONTENT_SECURITY_POLICY
-from tests.conftest import TEST_SECRET, RunningServer, assert_problem, make_settings, serve
+from tests.support.problems import assert_problem
+from tests.support.servers import RunningServer, serve
+from tests.support.settings import TEST_SECRET, make_settings
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,4 @@
-"""A small SSE client for tests: reads /v1/events in the background and collects frames."""
+"""The tests' one SSE parser, and a small client that reads /v1/events in the background with it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,40 @@ class Frame:
     event: str
     id: str | None
     data: Any
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str  # the whole line, its leading ":" included
+
+
+@dataclass(frozen=True)
+class Retry:
+    milliseconds: int
+
+
+class Parser:
+    """Reads an event stream one line at a time (as `aiter_lines()` gives them) and says what each
+    line completes: a comment, a `retry:` field, or a frame (at the blank line that ends it)."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+
+    def feed(self, line: str) -> Frame | Comment | Retry | None:
+        if line.startswith(":"):
+            return Comment(line)
+        if not line:
+            fields, self.fields = self.fields, {}
+            if "event" in fields or "data" in fields:
+                data = json.loads(fields["data"]) if "data" in fields else None
+                return Frame(fields.get("event", "message"), fields.get("id"), data)
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "retry":
+            return Retry(int(value))
+        self.fields[name] = value
+        return None
 
 
 @dataclass
@@ -60,23 +94,16 @@ async def _read(
             if response.status_code != 200:
                 await response.aread()
                 return
-            current: dict[str, str] = {}
+            parser = Parser()
             async for line in response.aiter_lines():
-                if line.startswith(":"):
-                    stream.comments.append(line)
-                elif not line:
-                    if "event" in current or "data" in current:
-                        data = json.loads(current["data"]) if "data" in current else None
-                        stream.frames.append(Frame(current.get("event", "message"), current.get("id"), data))
-                        stream.changed.set()
-                    current = {}
-                else:
-                    name, _, value = line.partition(":")
-                    value = value.removeprefix(" ")
-                    if name == "retry":
-                        stream.retry = int(value)
-                    else:
-                        current[name] = value
+                item = parser.feed(line)
+                if isinstance(item, Comment):
+                    stream.comments.append(item.text)
+                elif isinstance(item, Retry):
+                    stream.retry = item.milliseconds
+                elif isinstance(item, Frame):
+                    stream.frames.append(item)
+                    stream.changed.set()
     finally:
         stream.opened.set()
         stream.ended.set()

@@ -1,0 +1,1 @@
+"""Helpers the tests import: settings, servers, users, PostgreSQL, processes, receivers, clients."""
