@@ -30,7 +30,7 @@ from chat_api.events.contract import NOTIFY_CHANNEL
 log = logging.getLogger("chat_api.events")
 
 # While writes keep coming, one NOTIFY per process per this interval.
-INTERVAL_SECONDS = 0.003
+INTERVAL_SECONDS = 0.005
 RING_SQL = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
 
 
