@@ -5,9 +5,11 @@
 
 Each revision is checked out into a temporary worktree; its own `chat-api migrate` and `chat-api
 serve` run on a fresh database with the same seed, all servers at once (one at a time under load).
-Scenarios: send into 100 rooms, send into one hot room, newest page. The revisions take turns in
-every round, so drift of a noisy machine hits them alike; each figure is the median over rounds.
-Prints throughput, p50 and p99 per revision and the throughput ratio to the first one."""
+Scenarios: send into 100 rooms, send into one hot room, newest page, and delivery at low load (one
+stream, 10 messages a second: send request to stream frame). The revisions take turns in every
+round, so drift of a noisy machine hits them alike; each figure is the median over rounds.
+Prints throughput, p50 and p99 per revision and the throughput ratio to the first one, then the
+delivery p50 and p99."""
 
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import scenarios
+import uvloop
+
+from bench import scenarios, streams
 from bench.harness import (
     ROOT,
+    SECRET,
     Server,
     migrated_database,
     postgres,
@@ -35,6 +40,7 @@ from bench.harness import (
 )
 
 SCENARIOS = ("send 100 rooms", "send hot room", "newest page")
+DELIVERY_MESSAGES = 50
 
 
 @contextlib.contextmanager
@@ -83,6 +89,7 @@ def main() -> int:
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         rev: {s: [] for s in SCENARIOS} for rev in args.revisions
     }
+    delivered: dict[str, list[dict[str, float]]] = {rev: [] for rev in args.revisions}
     with postgres() as (admin_url, _), contextlib.ExitStack() as stack:
         servers = {rev: stack.enter_context(revision_server(rev, admin_url)) for rev in args.revisions}
         for server, files in servers.values():  # warm up
@@ -91,6 +98,12 @@ def main() -> int:
             for scenario in SCENARIOS:
                 for rev, (server, files) in servers.items():
                     runs[rev][scenario].append(load(server, scenario, files[scenario], args.duration, token))
+            for rev, (server, _) in servers.items():
+                delivered[rev].append(
+                    uvloop.run(
+                        streams.fan_out(server.url, SECRET, 1, DELIVERY_MESSAGES, scenarios.DELIVERY_RATE)
+                    )
+                )
     first = args.revisions[0]
 
     def median(rev: str, scenario: str, key: str) -> float:
@@ -107,6 +120,12 @@ def main() -> int:
             line += f" {throughput:18.0f} {median(rev, s, 'p50_ms'):7.1f} {median(rev, s, 'p99_ms'):7.1f} "
             line += f"{throughput / median(first, s, 'throughput'):7.2f}"
         print(line)
+    rate = scenarios.DELIVERY_RATE
+    print(f"\n{'revision':12} {'delivery p50 ms':>16} {'p99 ms':>7}  ({rate} messages/s, one stream)")
+    for rev in args.revisions:
+        p50 = statistics.median(r["p50_ms"] for r in delivered[rev])
+        p99 = statistics.median(r["p99_ms"] for r in delivered[rev])
+        print(f"{rev:12} {p50:16.2f} {p99:7.2f}")
     errors = sum(r["errors"] for rev in runs.values() for rs in rev.values() for r in rs)
     if errors:
         print(f"warning: {errors} failed requests", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -171,6 +172,47 @@ def pgbench_send_script(room_expression: str) -> str:
     for name, value in values.items():
         sql = sql.replace(name, value)
     return "\n".join(["\\set n random(1, :rooms)", sql + ";"])
+
+
+# The doorbell as the service rings it now (chat_api/events/doorbell.py): a NOTIFY in a transaction of
+# its own, at most one per process per interval while writes keep coming.
+NOTIFY_SCRIPT = "SELECT pg_notify('chat_events', '');"
+IN_TRANSACTION_SEND = "bench_send_in_transaction"
+
+
+async def create_in_transaction_send(database_url: str) -> None:
+    """Puts chat_send() as migration 0004 defines it (ending with pg_notify, inside the transaction)
+    beside today's, as bench_send_in_transaction(): the floor of the previous doorbell."""
+    path = ROOT / "migrations" / "versions" / "0004_message_doc.py"
+    spec = importlib.util.spec_from_file_location("bench_migration_0004", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sql = module.SEND.replace("FUNCTION chat_send(", f"FUNCTION {IN_TRANSACTION_SEND}(")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def notifier(connect: list[str], database: str, rate: int, duration: int) -> Iterator[None]:
+    """pgbench ringing the doorbell `rate` times a second on one connection, for the block."""
+    with tempfile.TemporaryDirectory(prefix="chat-api-notify-") as directory:
+        script_file = Path(directory) / "notify.sql"
+        script_file.write_text(NOTIFY_SCRIPT)
+        command = ["pgbench", *connect, "-n", "-c", "1", "-j", "1", "-R", str(rate), "-T", str(duration + 5)]
+        process = subprocess.Popen(
+            [*command, "-f", str(script_file), database],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            yield
+        finally:
+            process.terminate()
+            process.wait(10)
 
 
 def pgbench(connect: list[str], database: str, script: str, rooms: int, duration: int) -> dict[str, Any]:

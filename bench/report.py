@@ -88,6 +88,10 @@ def table(rows: list[Row]) -> str:
             f"{fmt(r.errors, 0) if r.errors is not None else '—':>6}  {r.floor:24} "
             f"{fmt(r.floor_throughput, 0):>9} {fmt(r.extra.get('floor_p99_ms'), 2):>9} {ratio:>6}"
         )
+    eight = next((r for r in rows if r.scenario.startswith("8.")), None)
+    if eight is not None:
+        tps, ratio = eight.extra["in_transaction_tps"], eight.extra["in_transaction_ratio"]
+        lines.append(f"8. doorbell inside the transaction (migration 0004): {tps:,} tps, ratio {ratio:.3f}")
     return "\n".join(lines)
 
 
@@ -125,6 +129,8 @@ REQUIRED = {
     "5.": ("throughput", "p50_ms", "p99_ms"),
     "6.": (),
     "7.": ("p50_ms",),
+    "8.": ("throughput", "p50_ms", "p99_ms", "floor_throughput", "ratio"),
+    "9.": ("p50_ms", "p99_ms"),
 }
 
 
@@ -143,6 +149,13 @@ def problems(rows: list[dict[str, Any]]) -> list[str]:
         row = next((r for r in rows if r["scenario"].startswith(prefix)), {})
         if row and not row.get("extra", {}).get("floor_p99_ms"):
             found.append(f"{prefix}: no floor p99")
+    eight = next((r for r in rows if r["scenario"].startswith("8.")), {})
+    for name in ("in_transaction_tps", "in_transaction_ratio", "floor_p99_ms"):
+        if eight and not eight.get("extra", {}).get(name):
+            found.append(f"8.: no {name}")
+    nine = next((r for r in rows if r["scenario"].startswith("9.")), {})
+    if nine and not nine.get("extra", {}).get("deliveries"):
+        found.append("9.: no deliveries")
     six = next((r for r in rows if r["scenario"].startswith("6.")), {})
     if not six.get("extra", {}).get("kib_per_stream"):
         found.append("6.: no memory per idle stream")

@@ -16,10 +16,14 @@ import uvloop
 from bench import harness, streams
 from bench.harness import SECRET, SPREAD_ROOMS, Server, pgbench, pgbench_send_script, room_uuid, wrk
 from bench.report import Row, against, floor_latency, p50_ratio
+from chat_api.events import doorbell
 
 DEPTH_ROUNDS = 3
 STARTS = 3
 FAN_OUT_RATE = 50  # messages per second
+DELIVERY_RATE = 10  # messages per second: low load
+# A process's coalesced doorbell at full load: one NOTIFY per interval (chat_api/events/doorbell.py).
+DOORBELL_NOTIFY_RATE = round(1 / doorbell.INTERVAL_SECONDS)
 
 
 @dataclass
@@ -30,10 +34,12 @@ class Profile:
     subscribers: int
     fanout_messages: int
     idle_streams: int
+    doorbell_rounds: int
+    delivery_messages: int
 
 
-FULL = Profile(10, 1_000_000, (0, 10_000, 500_000, 999_000), 1000, 200, 10_000)
-QUICK = Profile(2, 20_000, (0, 1_000, 10_000, 19_000), 50, 20, 200)
+FULL = Profile(10, 1_000_000, (0, 10_000, 500_000, 999_000), 1000, 200, 10_000, 3, 100)
+QUICK = Profile(2, 20_000, (0, 1_000, 10_000, 19_000), 50, 20, 200, 1, 20)
 
 
 @dataclass
@@ -45,6 +51,7 @@ class Target:
     server: Server
     connect: list[str]  # pgbench's connection arguments
     database: str
+    database_url: str
     token: str
     ids: dict[str, Any]  # harness.seed's rooms
     work: Path  # wrk's data files and the server's log
@@ -167,6 +174,50 @@ def idle_streams(t: Target) -> Row:
     return Row(f"6. {count:,} idle streams", floor="target <= 20 KiB each", ratio=None, extra=idle)
 
 
+def doorbell_floor(t: Target) -> Row:
+    """8. The send statement's pgbench floor (100 rooms) three ways, taking turns each round: the
+    doorbell inside the transaction (migration 0004's chat_send()), the doorbell after the commit
+    (0007's chat_send() with a separate NOTIFY at the coalesced rate of one process at full load),
+    and no doorbell at all. Ratio: after-commit / none (medians over rounds)."""
+    asyncio.run(harness.create_in_transaction_send(t.database_url))
+    d, rooms = t.profile.duration, SPREAD_ROOMS
+    send = pgbench_send_script(harness.room_expression())
+    in_transaction = send.replace("chat_send(", f"{harness.IN_TRANSACTION_SEND}(")
+    runs: dict[str, list[dict[str, Any]]] = {"in_transaction": [], "after_commit": [], "none": []}
+    for _ in range(t.profile.doorbell_rounds):
+        runs["in_transaction"].append(pgbench(t.connect, t.database, in_transaction, rooms, d))
+        with harness.notifier(t.connect, t.database, DOORBELL_NOTIFY_RATE, d):
+            runs["after_commit"].append(pgbench(t.connect, t.database, send, rooms, d))
+        runs["none"].append(pgbench(t.connect, t.database, send, rooms, d))
+    m = {way: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for way, rs in runs.items()}
+    return against(
+        "8. send floor, doorbell after commit",
+        m["after_commit"],
+        "pgbench, no doorbell",
+        m["none"],
+        extra={
+            **floor_latency(m["none"]),
+            "in_transaction_tps": round(m["in_transaction"]["throughput"]),
+            "in_transaction_ratio": round(m["in_transaction"]["throughput"] / m["none"]["throughput"], 3),
+            "in_transaction_p99_ms": round(m["in_transaction"]["p99_ms"], 2),
+            "notify_per_s": DOORBELL_NOTIFY_RATE,
+            "rounds": t.profile.doorbell_rounds,
+        },
+    )
+
+
+def delivery(t: Target) -> Row:
+    """9. Delivery at low load: one subscriber, 10 messages a second; send request to stream frame."""
+    got = uvloop.run(streams.fan_out(t.server.url, SECRET, 1, t.profile.delivery_messages, DELIVERY_RATE))
+    return Row(
+        f"9. delivery at {DELIVERY_RATE} messages/s",
+        p50_ms=got["p50_ms"],
+        p99_ms=got["p99_ms"],
+        floor="target p99 < 50 ms",
+        extra=got,
+    )
+
+
 SCENARIOS: tuple[Callable[[Target], Row], ...] = (
     start_up,
     send_spread,
@@ -175,6 +226,8 @@ SCENARIOS: tuple[Callable[[Target], Row], ...] = (
     page_at_depth,
     fan_out,
     idle_streams,
+    doorbell_floor,
+    delivery,
 )
 
 
@@ -194,7 +247,9 @@ def run(profile: Profile) -> list[Row]:
         try:
             idle_rss_mib = harness.rss_kib(server.process.pid) / 1024
             ids = asyncio.run(harness.seed(database_url, profile.depth_messages))
-            target = Target(profile, server, connect, name, token, ids, work, starts, idle_rss_mib)
+            target = Target(
+                profile, server, connect, name, database_url, token, ids, work, starts, idle_rss_mib
+            )
             rows = [scenario(target) for scenario in SCENARIOS]
             errors = sum(r.errors or 0 for r in rows)
             if errors:

@@ -23,6 +23,7 @@ from chat_api.core.errors import install_problem_handlers, serve_problems_in_ope
 from chat_api.core.nostore import NoStore
 from chat_api.core.ratelimit import RateLimits
 from chat_api.core.telemetry import Metrics, Telemetry
+from chat_api.events.doorbell import Doorbell
 from chat_api.events.hub import Hub
 from chat_api.events.pruner import prune_periodically
 from chat_api.events.router import router as events_router
@@ -53,6 +54,7 @@ class Resources:
     draining: asyncio.Event  # set once shutdown begins: /readyz answers 503 and open streams end
     database: Database
     hub: Hub
+    doorbell: Doorbell  # rung after every committed write (Database.committed())
     limits: RateLimits
     metrics: Metrics
     verifier: TokenVerifier
@@ -90,11 +92,14 @@ async def _resources(
     database = Database(settings)
     await database.open()
     hub = Hub(settings, database, telemetry.tracer)
+    doorbell = Doorbell(database, wake_local=hub.wake)
+    database.on_commit = doorbell.ring
     resources = app.state.resources = Resources(
         settings=settings,
         draining=draining,
         database=database,
         hub=hub,
+        doorbell=doorbell,
         limits=RateLimits(settings),
         metrics=Metrics(
             telemetry.meter, lambda: hub.open_streams, lambda: hub.delivered, database.connections
@@ -120,6 +125,8 @@ async def _resources(
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await hub.close()
+        database.on_commit = None
+        await doorbell.close()
         await database.close()
         log.info("chat-api stopped")
         telemetry.shutdown()

@@ -1,6 +1,7 @@
 """One owner of the event contract (chat_api/events/contract.py): every event any writer puts in the
 log — the service's Python and the database's own chat_send() — has a kind of EventKind and the
-envelope the contract gives that kind, and chat_send() rings the contract's doorbell channel."""
+envelope the contract gives that kind, and no writer rings the doorbell inside its transaction (the
+process that wrote rings after the commit: chat_api/events/doorbell.py, migration 0007)."""
 
 from __future__ import annotations
 
@@ -41,9 +42,10 @@ async def test_every_write_path_logs_the_contracts_kinds_and_envelopes(
         assert (row["subject"] is not None) == (kind in MEMBERSHIP), row
         if kind in MEMBERSHIP:
             assert row["subject"] == data["member"]["user_id"]
-    # The database's own writer: the kind it logs and the channel it rings.
+    # The database's own writer: the kind it logs, and no doorbell inside the transaction (a NOTIFY
+    # there serialises the commits of the whole cluster); the service rings NOTIFY_CHANNEL after it.
     assert f"'{EventKind.MESSAGE_CREATED}'" in function
-    assert f"pg_notify('{NOTIFY_CHANNEL}'" in function
+    assert "pg_notify" not in function and NOTIFY_CHANNEL not in function
 
 
 def test_the_room_lock_key_is_the_rooms_first_eight_bytes_signed() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -105,6 +105,9 @@ class Database:
         self.settings = settings
         self.timeout = settings.db_timeout
         self._pool: asyncpg.Pool | None = None
+        # Called by `committed()`: the lifespan sets it to the event stream's doorbell
+        # (chat_api/events/doorbell.py); with none (a bare Database) hubs find writes by their idle check.
+        self.on_commit: Callable[[], None] | None = None
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -128,6 +131,12 @@ class Database:
         return await connect(
             self.settings, connection_class=kwargs["connection_class"], record_class=kwargs["record_class"]
         )
+
+    def committed(self) -> None:
+        """A write that streams may show has just committed: ring the doorbell (never raises, never
+        waits; see chat_api/events/doorbell.py). Call it after the transaction, never inside it."""
+        if self.on_commit is not None:
+            self.on_commit()
 
     @property
     def pool(self) -> asyncpg.Pool:

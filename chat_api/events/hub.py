@@ -35,8 +35,10 @@ READ_BATCH = 1000
 # looks again after a short pause, doubling up to the maximum; a doorbell wakes it at once anyway.
 RETRY_MIN_SECONDS = 0.005
 RETRY_MAX_SECONDS = 1.0
-# With no doorbell at all, look anyway this often (cheap, one query per process, not per stream).
-IDLE_CHECK_SECONDS = 5.0
+# With no doorbell at all, look anyway this often: one query per process, not per stream (measured in
+# docs/events.md, "The idle check"). It bounds how late an event is whose doorbell never rang: the
+# writing process died between its commit and its ring (events/doorbell.py), or its ring failed.
+IDLE_CHECK_SECONDS = 1.0
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 
@@ -356,6 +358,10 @@ class Hub:
         return conn
 
     def _ring(self, *args: Any) -> None:
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Read the log now: this process has just committed a write (events/doorbell.py)."""
         self._wake.set()
 
     def _control(self, conn: Any, pid: int, channel: str, payload: str) -> None:

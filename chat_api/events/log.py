@@ -6,6 +6,9 @@ Ordering rules that make the log safe to stream (see docs/events.md):
 - readers order by (xid, id) and read only below the oldest running transaction
   (`pg_snapshot_xmin(pg_current_snapshot())`), so no event can later appear behind what they read.
 Keep write transactions short: an open one holds back every stream in the cluster.
+
+No writer notifies inside its transaction (a NOTIFY there serialises the commits of the whole
+cluster): the caller rings the doorbell after the commit, `Database.committed()` (events/doorbell.py).
 """
 
 from __future__ import annotations
@@ -15,16 +18,13 @@ from typing import Any
 
 import asyncpg
 
-from chat_api.events.contract import NOTIFY_CHANNEL, EventKind, envelope, room_lock_key
-
-# The NOTIFY is a doorbell: it carries no data, readers go to the log.
-NOTIFY_SQL = f"pg_notify('{NOTIFY_CHANNEL}', '')"
+from chat_api.events.contract import EventKind, envelope, room_lock_key
 
 # Serialises a room's writers; must be the transaction's first statement. $1: room_lock_key(room).
 LOCK_ROOM = "SELECT pg_advisory_xact_lock($1)"
 _BUMP_ROOM = "UPDATE rooms SET last_seq = last_seq + 1, activity_at = now() WHERE id = $1 RETURNING last_seq"
-_APPEND = f"""INSERT INTO events (room_id, seq, kind, subject, payload)
-    VALUES ($1, $2, $3, $4, $5::json) RETURNING {NOTIFY_SQL}"""
+_APPEND = """INSERT INTO events (room_id, seq, kind, subject, payload)
+    VALUES ($1, $2, $3, $4, $5::json)"""
 
 
 async def lock_room(conn: asyncpg.Connection, room_id: uuid.UUID) -> None:
@@ -44,5 +44,6 @@ async def append(
     obj: Any,
     subject: str | None = None,
 ) -> None:
-    """Appends one event about `obj` (its JSON-ready form) and rings the doorbell."""
+    """Appends one event about `obj` (its JSON-ready form). The caller rings the doorbell once the
+    transaction has committed (`Database.committed()`)."""
     await conn.execute(_APPEND, room_id, seq, kind, subject, envelope(kind, room_id, seq, obj))

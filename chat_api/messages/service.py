@@ -18,7 +18,6 @@ from chat_api.core.db import Database
 from chat_api.core.errors import NotAMember
 from chat_api.events import log
 from chat_api.events.contract import EventKind, room_lock_key, sql_envelope
-from chat_api.events.log import NOTIFY_SQL
 from chat_api.messages.errors import (
     IdempotencyKeyReused,
     MessageDeleted,
@@ -29,8 +28,9 @@ from chat_api.messages.errors import (
 
 # A send is one call of the database function chat_send() (migration 0003), on its own: it takes the
 # room lock, then the next seq (only if the sender is a member, the reply target exists and the
-# idempotency key is unused), inserts the message, logs the event and rings the doorbell, in one
-# round trip. NULL means nothing was written: the caller finds out why.
+# idempotency key is unused), inserts the message and logs the event, in one round trip; the doorbell
+# is rung after it has committed (migration 0007, events/doorbell.py). NULL means nothing was
+# written: the caller finds out why.
 # Parameters: $1 room, $2 room lock key, $3 sender, $4 body, $5 reply_to, $6 idempotency key,
 # $7 request hash.
 SEND = "SELECT chat_send($1, $2, $3, $4, $5, $6, $7)"
@@ -72,17 +72,18 @@ FROM members mem LEFT JOIN messages m ON m.room_id = mem.room_id AND m.seq = $3
 WHERE mem.room_id = $1 AND mem.user_id = $2
 """
 
-# Edit and delete: the room's next seq, the change, its event and the doorbell, in one statement.
-_CHANGE = f"""
+# Edit and delete: the room's next seq, the change and its event, in one statement (the doorbell
+# is rung after the commit).
+_CHANGE = """
 WITH room AS (
     UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq
 ), message AS (
-    UPDATE messages SET {{assignments}} WHERE room_id = $1 AND seq = $2 RETURNING *
+    UPDATE messages SET {assignments} WHERE room_id = $1 AND seq = $2 RETURNING *
 ), event AS (
     INSERT INTO events (room_id, seq, kind, payload)
-    SELECT m.room_id, room.last_seq, '{{kind}}', {{envelope}} FROM message m, room
+    SELECT m.room_id, room.last_seq, '{kind}', {envelope} FROM message m, room
 )
-SELECT m.doc, {NOTIFY_SQL} FROM message m
+SELECT m.doc FROM message m
 """
 
 
@@ -129,6 +130,7 @@ async def send(
         except asyncpg.exceptions.NoDataFoundError:
             sent = None  # the key was taken by a concurrent send meanwhile: rolled back
         if sent is not None:
+            db.committed()
             return Sent(json=sent, replayed=False)
         return await _explain_unsent(conn, room_id, sender, reply_to, idempotency_key, fingerprint)
 
@@ -215,7 +217,9 @@ async def edit(db: Database, room_id: uuid.UUID, user: str, seq: int, body: str)
             raise NotAllowed("Only the sender can edit a message.")
         if target["deleted"]:
             raise MessageDeleted
-        return str(await conn.fetchval(_EDIT, room_id, seq, body))
+        edited = str(await conn.fetchval(_EDIT, room_id, seq, body))
+    db.committed()
+    return edited
 
 
 async def delete(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:
@@ -226,6 +230,7 @@ async def delete(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:
         if target["deleted"]:
             return  # already a tombstone: deleting again changes nothing
         await conn.execute(_DELETE, room_id, seq)
+    db.committed()
 
 
 async def mark_read(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:

@@ -132,6 +132,7 @@ async def create_room(db: Database, creator: str, name: str, members: list[str])
         )
         room = await _detail(conn, room_id, creator)
         await log.append(conn, room_id, 1, EventKind.ROOM_CREATED, room.model_dump(mode="json"))
+    db.committed()
     return room
 
 
@@ -158,7 +159,8 @@ async def add_member(db: Database, room_id: uuid.UUID, caller: str, user_id: str
         await conn.execute(_INSERT_MEMBER, room_id, user_id, "member")
         member = Member(user_id=user_id, role="member", last_read_seq=0)
         await _log_member_change(conn, room_id, EventKind.MEMBER_ADDED, member)
-        return member, True
+    db.committed()
+    return member, True
 
 
 async def remove_member(
@@ -181,6 +183,7 @@ async def remove_member(
         if stay_out:
             await conn.execute(_REFUSE, room_id, user_id)
         await _log_member_change(conn, room_id, EventKind.MEMBER_REMOVED, Member(**removed))
+    db.committed()
 
 
 async def _log_member_change(
