@@ -17,8 +17,10 @@ from chat_api.events import hub as hub_module
 from chat_api.events.contract import NOTIFY_CHANNEL, room_lock_key
 from chat_api.events.doorbell import Doorbell
 from chat_api.messages.service import SEND
-from tests.conftest import ServerFactory, UserFactory, make_settings
-from tests.sse import open_stream
+from tests.support.servers import ServerFactory
+from tests.support.settings import make_settings
+from tests.support.sse import open_stream
+from tests.support.users import UserFactory
 
 
 class Listener:
