@@ -12,9 +12,10 @@ import pytest
 
 from chat_api.core.config import Settings
 from chat_api.core.migrations import migrate
+from tests.support.databases import throwaway_database
 from tests.support.pg import admin_database_url
 from tests.support.servers import RunningServer, ServerFactory, serve
-from tests.support.settings import RUNTIME_PASSWORD, RUNTIME_ROLE, make_settings, with_database, with_user
+from tests.support.settings import RUNTIME_PASSWORD, RUNTIME_ROLE, make_settings, with_user
 from tests.support.users import User, UserFactory
 
 
@@ -40,16 +41,9 @@ async def runtime_role(admin_url: str) -> AsyncIterator[str]:
 async def database_url(admin_url: str, runtime_role: str) -> AsyncIterator[str]:
     """A fresh database for this session, migrated with the real Alembic migrations (as the owner,
     granting the runtime role as the migration Job does)."""
-    name = f"chat_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(admin_url, name)
-    try:
+    async with throwaway_database(admin_url, "chat_test") as url:
         await migrate(make_settings(url, db_runtime_role=runtime_role))
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture(scope="session")

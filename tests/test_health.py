@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 
 from chat_api.core.migrations import migrate
 from chat_api.core.schema import SCHEMA_REVISION
+from tests.support.databases import throwaway_database
 from tests.support.problems import assert_problem
 from tests.support.servers import RunningServer, ServerFactory, free_port
-from tests.support.settings import make_settings, with_database
+from tests.support.settings import make_settings
 
 
 async def test_healthz_and_readyz_ok(server: RunningServer) -> None:
@@ -24,26 +22,13 @@ async def test_healthz_and_readyz_ok(server: RunningServer) -> None:
         assert (await client.get("/readyz")).json() == {"status": "ready"}
 
 
-@contextlib.asynccontextmanager
-async def scratch_database(admin_url: str) -> AsyncIterator[str]:
-    """An empty database of its own, dropped afterwards."""
-    name = f"chat_ready_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(admin_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 async def readyz(running: RunningServer) -> httpx.Response:
     async with httpx.AsyncClient(base_url=running.url) as client:
         return await client.get("/readyz")
 
 
 async def test_readyz_503_when_schema_is_missing(admin_url: str, start_server: ServerFactory) -> None:
-    async with scratch_database(admin_url) as url:
+    async with throwaway_database(admin_url, "chat_ready") as url:
         running = await start_server(database_url=url)
         problem = assert_problem(await readyz(running), 503)
         assert "chat-api migrate" in problem["detail"]
@@ -55,7 +40,7 @@ async def test_readyz_503_when_schema_is_missing(admin_url: str, start_server: S
 async def test_readyz_503_when_schema_is_behind_and_after_a_downgrade(
     admin_url: str, start_server: ServerFactory
 ) -> None:
-    async with scratch_database(admin_url) as url:
+    async with throwaway_database(admin_url, "chat_ready") as url:
         await migrate(make_settings(url), "0003")
         running = await start_server(database_url=url)
         problem = assert_problem(await readyz(running), 503)
@@ -72,7 +57,7 @@ async def test_readyz_503_when_schema_is_behind_and_after_a_downgrade(
 async def test_readyz_200_when_schema_is_ahead(admin_url: str, start_server: ServerFactory) -> None:
     """A later release's migration recorded itself on top of this release's head (what its wave-4
     Job does while this release still serves): still ready. tests/test_upgrade.py does it for real."""
-    async with scratch_database(admin_url) as url:
+    async with throwaway_database(admin_url, "chat_ready") as url:
         await migrate(make_settings(url))
         db = await asyncpg.connect(url)
         try:

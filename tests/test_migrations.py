@@ -34,8 +34,9 @@ from chat_api.core.migrations import (
 )
 from chat_api.core.schema import SCHEMA_REVISION, Base
 from chat_api.messages.schemas import Message
+from tests.support.databases import throwaway_database
 from tests.support.migrate import COMMAND_TIMEOUT, cli_env, run_migrate
-from tests.support.settings import make_settings, with_database, with_user
+from tests.support.settings import make_settings, with_user
 
 TABLES = {"rooms", "members", "room_refusals", "messages", "events", "event_log_state"}
 
@@ -63,16 +64,8 @@ async def kill(proc: asyncio.subprocess.Process) -> None:
 @pytest.fixture
 async def fresh_url(admin_url: str) -> AsyncIterator[str]:
     """An empty database of our own, dropped afterwards."""
-    name = f"chat_test_cli_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield with_database(admin_url, name)
-        finally:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with throwaway_database(admin_url, "chat_test_cli") as url:
+        yield url
 
 
 WAITING = "waiting for another chat-api migrate to finish"

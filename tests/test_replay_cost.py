@@ -20,7 +20,8 @@ from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, Subscription
 from chat_api.events.reader import _REPLAY_ALL, EVENT_COLUMNS, HORIZON_SQL
 from chat_api.events.router import REPLAY_BATCH, _stream
-from tests.support.settings import make_settings, with_database
+from tests.support.databases import throwaway_database
+from tests.support.settings import make_settings
 
 USER = "replayer"
 ROOMS = 3
@@ -39,16 +40,9 @@ ORDER BY e.xid, e.id LIMIT $4
 
 @contextlib.asynccontextmanager
 async def scratch(admin_url: str) -> AsyncIterator[str]:
-    name = f"chat_replay_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(admin_url, name)
-    try:
+    async with throwaway_database(admin_url, "chat_replay") as url:
         await migrate(make_settings(url))
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def users_rooms(db: asyncpg.Connection) -> list[uuid.UUID]:

@@ -29,9 +29,10 @@ import httpx
 import pytest
 
 from chat_api.core.migrations import head_revision, migrate
+from tests.support.databases import throwaway_database
 from tests.support.processes import stop_process
 from tests.support.servers import free_port, serve
-from tests.support.settings import RUNTIME_PASSWORD, TEST_SECRET, make_settings, with_database, with_user
+from tests.support.settings import RUNTIME_PASSWORD, TEST_SECRET, make_settings, with_user
 from tests.support.sse import open_stream
 from tests.support.users import User
 
@@ -81,16 +82,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def migrated_database(admin_url: str, runtime_role: str) -> AsyncIterator[str]:
-    name = f"chat_upgrade_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(admin_url, name)
-    try:
+    async with throwaway_database(admin_url, "chat_upgrade") as url:
         await migrate(make_settings(url, db_runtime_role=runtime_role))
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 class Traffic:
