@@ -138,13 +138,19 @@ async def seed(database_url: str, depth_messages: int) -> dict[str, Any]:
 # -- load tools -----------------------------------------------------------------------------------
 
 
-def wrk(url: str, script: str, data_file: Path, duration: int, token: str | None = None) -> dict[str, Any]:
+def wrk(
+    url: str, script: str, data_file: Path, duration: int, token: str | None = None, pid: int | None = None
+) -> dict[str, Any]:
+    """A wrk run's throughput, p50/p99 and errors; with the server's `pid`, also the server's CPU
+    per request (`cpu_ms`: user + system time of it and its worker processes, over the requests)."""
     command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{duration}s", "-s", str(LUA / script)]
     if token:
         command += ["-H", f"Authorization: Bearer {token}"]
+    cpu_before = cpu_seconds(pid) if pid is not None else 0.0
     out = subprocess.run(
         [*command, url, "--", str(data_file)], capture_output=True, text=True, check=True
     ).stdout
+    cpu = cpu_seconds(pid) - cpu_before if pid is not None else None
     match = re.search(r"BENCH_JSON (\{.*\})", out)
     if not match:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
@@ -154,6 +160,7 @@ def wrk(url: str, script: str, data_file: Path, duration: int, token: str | None
         "p50_ms": raw["p50_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,
         "errors": raw["errors"],
+        **({"cpu_ms": cpu * 1000 / max(1, raw["requests"])} if cpu is not None else {}),
     }
 
 
@@ -172,6 +179,16 @@ def pgbench_send_script(room_expression: str) -> str:
     for name, value in values.items():
         sql = sql.replace(name, value)
     return "\n".join(["\\set n random(1, :rooms)", sql + ";"])
+
+
+def pgbench_raw_insert_script(room_expression: str) -> str:
+    """The raw floor of a send: bump the room's counter and insert the message at it, one statement,
+    no lock, membership check, event or function."""
+    bump = f"UPDATE rooms SET last_seq = last_seq + 1 WHERE id = {room_expression} RETURNING id, last_seq"
+    insert = (
+        f"INSERT INTO messages (room_id, seq, sender, body) SELECT id, last_seq, '{USER}', '{BODY}' FROM room"
+    )
+    return "\n".join(["\\set n random(1, :rooms)", f"WITH room AS ({bump}) {insert};"])
 
 
 # The doorbell as the service rings it now (chat_api/events/doorbell.py): a NOTIFY in a transaction of
@@ -349,6 +366,33 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants alive now (a server with workers is a parent and its children)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(current := todo.pop())
+        todo += children.get(current, [])
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by a process and its descendants alive now, from /proc."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / CLOCK_TICKS
 
 
 def rss_kib(pid: int) -> int:

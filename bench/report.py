@@ -21,6 +21,7 @@ class Row:
     p50_ms: float | None = None
     p99_ms: float | None = None
     errors: int | None = None
+    cpu_ms: float | None = None  # the server's CPU (user + system) per request, or per delivery
     floor: str = ""
     floor_throughput: float | None = None
     ratio: float | None = None  # throughput / floor throughput (or as the scenario says)
@@ -29,7 +30,7 @@ class Row:
 
 # -- ratios to the floor --------------------------------------------------------------------------
 
-Figures = dict[str, Any]  # a load run's throughput, p50_ms, p99_ms (and errors)
+Figures = dict[str, Any]  # a load run's throughput, p50_ms, p99_ms (and errors, cpu_ms)
 
 
 def throughput_ratio(got: Figures, floor: Figures) -> float:
@@ -73,7 +74,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def table(rows: list[Row]) -> str:
     header = (
-        f"{'scenario':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  {'floor':24} "
+        f"{'scenario':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'cpu ms':>6}  {'floor':24} "
         f"{'floor/s':>9} {'floor p99':>9} {'ratio':>6}"
     )
     lines = [header, "-" * len(header)]
@@ -85,13 +86,17 @@ def table(rows: list[Row]) -> str:
             ratio = f"{r.extra['idle_rss_mib']:.0f}MiB"
         lines.append(
             f"{r.scenario:36} {fmt(r.throughput, 0):>9} {fmt(r.p50_ms, 2):>8} {fmt(r.p99_ms, 2):>8} "
-            f"{fmt(r.errors, 0) if r.errors is not None else '—':>6}  {r.floor:24} "
+            f"{fmt(r.errors, 0) if r.errors is not None else '—':>6} {fmt(r.cpu_ms, 3):>6}  {r.floor:24} "
             f"{fmt(r.floor_throughput, 0):>9} {fmt(r.extra.get('floor_p99_ms'), 2):>9} {ratio:>6}"
         )
     eight = next((r for r in rows if r.scenario.startswith("8.")), None)
     if eight is not None:
         tps, ratio = eight.extra["in_transaction_tps"], eight.extra["in_transaction_ratio"]
         lines.append(f"8. doorbell inside the transaction (migration 0004): {tps:,} tps, ratio {ratio:.3f}")
+    one = next((r for r in rows if r.scenario.startswith("1.")), None)
+    if one is not None:
+        raw, ratio = one.extra["raw_insert_tps"], one.extra["raw_insert_ratio"]
+        lines.append(f"1. against the raw insert (room counter + INSERT): {raw:,} tps, ratio {ratio:.3f}")
     return "\n".join(lines)
 
 
@@ -122,11 +127,11 @@ def write(document: dict[str, Any], path: Path) -> None:
 # -- what bench.check requires (every scenario ran and produced its figures, never a speed) ------
 
 REQUIRED = {
-    "1.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
-    "2.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
-    "3.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
-    "4.": ("throughput", "p50_ms", "p99_ms", "errors", "floor_throughput", "ratio"),
-    "5.": ("throughput", "p50_ms", "p99_ms"),
+    "1.": ("throughput", "p50_ms", "p99_ms", "errors", "cpu_ms", "floor_throughput", "ratio"),
+    "2.": ("throughput", "p50_ms", "p99_ms", "errors", "cpu_ms", "floor_throughput", "ratio"),
+    "3.": ("throughput", "p50_ms", "p99_ms", "errors", "cpu_ms", "floor_throughput", "ratio"),
+    "4.": ("throughput", "p50_ms", "p99_ms", "errors", "cpu_ms", "floor_throughput", "ratio"),
+    "5.": ("throughput", "p50_ms", "p99_ms", "cpu_ms"),
     "6.": (),
     "7.": ("p50_ms",),
     "8.": ("throughput", "p50_ms", "p99_ms", "floor_throughput", "ratio"),
@@ -149,6 +154,10 @@ def problems(rows: list[dict[str, Any]]) -> list[str]:
         row = next((r for r in rows if r["scenario"].startswith(prefix)), {})
         if row and not row.get("extra", {}).get("floor_p99_ms"):
             found.append(f"{prefix}: no floor p99")
+    one = next((r for r in rows if r["scenario"].startswith("1.")), {})
+    for name in ("raw_insert_tps", "raw_insert_ratio"):
+        if one and not one.get("extra", {}).get(name):
+            found.append(f"1.: no {name}")
     eight = next((r for r in rows if r["scenario"].startswith("8.")), {})
     for name in ("in_transaction_tps", "in_transaction_ratio", "floor_p99_ms"):
         if eight and not eight.get("extra", {}).get(name):

@@ -14,7 +14,16 @@ from typing import Any
 import uvloop
 
 from bench import harness, streams
-from bench.harness import SECRET, SPREAD_ROOMS, Server, pgbench, pgbench_send_script, room_uuid, wrk
+from bench.harness import (
+    SECRET,
+    SPREAD_ROOMS,
+    Server,
+    pgbench,
+    pgbench_raw_insert_script,
+    pgbench_send_script,
+    room_uuid,
+    wrk,
+)
 from bench.report import Row, against, floor_latency, p50_ratio
 from chat_api.events import doorbell
 
@@ -92,9 +101,21 @@ def send_spread(t: Target) -> Row:
     spread_file = t.work / "spread.txt"
     spread_file.write_text(spread_rooms())
     d = t.profile.duration
-    floor = pgbench(t.connect, t.database, pgbench_send_script(harness.room_expression()), SPREAD_ROOMS, d)
-    got = wrk(t.server.url, "send.lua", spread_file, d, t.token)
-    return against("1. send, 100 rooms", got, "pgbench, same SQL", floor, extra=floor_latency(floor))
+    room = harness.room_expression()
+    floor = pgbench(t.connect, t.database, pgbench_send_script(room), SPREAD_ROOMS, d)
+    raw = pgbench(t.connect, t.database, pgbench_raw_insert_script(room), SPREAD_ROOMS, d)
+    got = wrk(t.server.url, "send.lua", spread_file, d, t.token, t.server.process.pid)
+    return against(
+        "1. send, 100 rooms",
+        got,
+        "pgbench, same SQL",
+        floor,
+        extra={
+            **floor_latency(floor),
+            "raw_insert_tps": round(raw["throughput"]),
+            "raw_insert_ratio": round(got["throughput"] / raw["throughput"], 4),
+        },
+    )
 
 
 def send_hot(t: Target) -> Row:
@@ -103,7 +124,7 @@ def send_hot(t: Target) -> Row:
     hot_file.write_text(hot_room())
     d = t.profile.duration
     floor = pgbench(t.connect, t.database, pgbench_send_script(harness.room_expression()), 1, d)
-    got = wrk(t.server.url, "send.lua", hot_file, d, t.token)
+    got = wrk(t.server.url, "send.lua", hot_file, d, t.token, t.server.process.pid)
     return against("2. send, one hot room", got, "pgbench, one room", floor, extra=floor_latency(floor))
 
 
@@ -113,11 +134,12 @@ def newest_page(t: Target) -> Row:
     page_file.write_text(newest_page_path(t.ids))
     trivial, trivial_url = harness.start_trivial()
     try:
-        floor = wrk(trivial_url, "get.lua", page_file, t.profile.duration)
+        floor = wrk(trivial_url, "get.lua", page_file, t.profile.duration, pid=trivial.pid)
     finally:
         harness.stop(trivial)
-    got = wrk(t.server.url, "get.lua", page_file, t.profile.duration, t.token)
-    return against("3. newest page (50)", got, "trivial ASGI app", floor)
+    got = wrk(t.server.url, "get.lua", page_file, t.profile.duration, t.token, t.server.process.pid)
+    extra = {"floor_cpu_ms": floor["cpu_ms"]}
+    return against("3. newest page (50)", got, "trivial ASGI app", floor, extra=extra)
 
 
 def page_at_depth(t: Target) -> Row:
@@ -133,7 +155,14 @@ def page_at_depth(t: Target) -> Row:
             depth_file = t.work / f"depth-{depth}.txt"
             depth_file.write_text(path + "\n")
             runs[depth].append(
-                wrk(t.server.url, "get.lua", depth_file, max(1, profile.duration // DEPTH_ROUNDS), t.token)
+                wrk(
+                    t.server.url,
+                    "get.lua",
+                    depth_file,
+                    max(1, profile.duration // DEPTH_ROUNDS),
+                    t.token,
+                    t.server.process.pid,
+                )
             )
     p50s = {
         depth: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for depth, rs in runs.items()
@@ -154,7 +183,14 @@ def fan_out(t: Target) -> Row:
     The stream clients run on uvloop, like the server: they share its two cores."""
     profile = t.profile
     fan = uvloop.run(
-        streams.fan_out(t.server.url, SECRET, profile.subscribers, profile.fanout_messages, FAN_OUT_RATE)
+        streams.fan_out(
+            t.server.url,
+            SECRET,
+            profile.subscribers,
+            profile.fanout_messages,
+            FAN_OUT_RATE,
+            t.server.process.pid,
+        )
     )
     return Row(
         f"5. fan-out to {profile.subscribers} streams",
@@ -162,6 +198,7 @@ def fan_out(t: Target) -> Row:
         p50_ms=fan["p50_ms"],
         p99_ms=fan["p99_ms"],
         errors=0,
+        cpu_ms=fan["server_cpu_s"] * 1000 / max(1, fan["deliveries"]),
         floor="target p99 < 100 ms",
         extra=fan,
     )

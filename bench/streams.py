@@ -20,7 +20,7 @@ import uuid
 
 import httpx
 
-from bench.harness import rss_kib
+from bench.harness import cpu_seconds, rss_kib
 from chat_api.auth.tokens import mint_token
 
 
@@ -115,7 +115,11 @@ class _Subscriber(asyncio.Protocol):
             self.done.set_exception(RuntimeError(f"stream ended after {self.got} messages"))
 
 
-async def fan_out(url: str, secret: str, subscribers: int, messages: int, rate: float) -> dict[str, float]:
+async def fan_out(
+    url: str, secret: str, subscribers: int, messages: int, rate: float, pid: int | None = None
+) -> dict[str, float]:
+    """Latency from just before each send to its receipt on every stream; with the server's `pid`,
+    also the server's CPU seconds from the first send to the last delivery (`server_cpu_s`)."""
     sender = f"sender-{uuid.uuid4().hex[:8]}"
     members = [f"sub-{uuid.uuid4().hex[:8]}" for _ in range(subscribers)]
     headers = {"Authorization": f"Bearer {mint_token(secret, sender)}"}
@@ -138,11 +142,13 @@ async def fan_out(url: str, secret: str, subscribers: int, messages: int, rate: 
             )
             readers.append(reader)
         await asyncio.gather(*[r.streaming for r in readers])
+        cpu_before = cpu_seconds(pid) if pid is not None else 0.0
         for n in range(messages):
             started = sent_at[n] = time.perf_counter()
             await client.post(f"/v1/rooms/{room}/messages", json={"body": f"ping {n}"})
             await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
         await asyncio.wait_for(asyncio.gather(*[r.done for r in readers]), 60)
+        cpu = cpu_seconds(pid) - cpu_before if pid is not None else None
         for r in readers:
             if r.transport is not None:
                 r.transport.close()
@@ -153,6 +159,7 @@ async def fan_out(url: str, secret: str, subscribers: int, messages: int, rate: 
         "deliveries": len(latencies),
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * len(latencies)) - 1],
+        **({"server_cpu_s": cpu} if cpu is not None else {}),
     }
 
 
@@ -166,7 +173,8 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--rate", type=float, default=50)
     args = parser.parse_args()
-    print(json.dumps(await fan_out(args.url, args.secret, args.subscribers, args.messages, args.rate)))
+    fan = await fan_out(args.url, args.secret, args.subscribers, args.messages, args.rate, args.pid)
+    print(json.dumps(fan))
     print(json.dumps(await idle_memory(args.url, args.secret, args.pid, args.idle)))
 
 
