@@ -368,7 +368,8 @@ async def one_run(
 
 def fit(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Hub database CPU ~ a * reads + b * rows (rows = events * hubs), least squares through zero
-    over the runs: a is the fixed cost of one read, b the cost of each event row it returns."""
+    over the runs: a is the fixed cost of one read, b the cost of each event row it returns. None
+    with fewer than three runs, or when the runs cannot tell the two apart (a negative cost)."""
     points = [
         (r["reads"], r["events"] * r["hubs"], r["hub_db_cpu_core"] * r["seconds"])
         for r in runs
@@ -380,10 +381,12 @@ def fit(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     sxz = sum(x * z for x, _, z in points)
     syz = sum(y * z for _, y, z in points)
     det = sxx * syy - sxy * sxy
-    if len(points) < 2 or det <= 0:
+    if len(points) < 3 or det <= 0:
         return None
     a = (sxz * syy - syz * sxy) / det
     b = (syz * sxx - sxz * sxy) / det
+    if a < 0 or b < 0:  # too few or too noisy runs to tell the two apart
+        return None
     return {"per_read_us": round(a * 1e6, 2), "per_row_us": round(b * 1e6, 3), "runs": len(points)}
 
 
