@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +24,10 @@ from chat_api.core.otel_env import DEFAULT_SERVICE_NAME, protocol, signal_enable
 
 
 def resource() -> Resource:
-    """service.name (OTEL_SERVICE_NAME, default chat-api), service.version, whatever
-    OTEL_RESOURCE_ATTRIBUTES adds (deployment.environment, k8s.* from the downward API), and
-    service.instance.id: one per process (a UUID, as the semantic conventions advise), so that the
-    metrics of the processes of CHAT_API_WORKERS, or of two pods, are never summed as one
-    instance's. A service.instance.id given in OTEL_RESOURCE_ATTRIBUTES wins."""
+    """service.name (OTEL_SERVICE_NAME, default chat-api), service.version, and whatever
+    OTEL_RESOURCE_ATTRIBUTES adds (deployment.environment, k8s.* from the downward API)."""
     attributes: dict[str, Any] = {"service.version": chat_api.__version__}
-    merged = Resource({"service.instance.id": str(uuid.uuid4())}).merge(Resource.create(attributes))
+    merged = Resource.create(attributes)
     if str(merged.attributes.get("service.name", "")).startswith("unknown_service"):
         merged = merged.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
     return merged
