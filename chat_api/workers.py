@@ -144,7 +144,8 @@ class Supervisor:
             self.signals.append(sig)
 
     def _handle_signals(self) -> None:
-        for sig in self.signals:
+        signals, self.signals = self.signals, []  # one that arrives meanwhile waits for the next turn
+        for sig in signals:
             if self.stopping is None:
                 log.info("received %s: draining %d workers", signal.Signals(sig).name, len(self.running()))
                 self.stopping = sig
@@ -154,7 +155,6 @@ class Supervisor:
             # Every signal goes on, as it came: a second SIGINT makes uvicorn stop waiting.
             for slot in self.running():
                 self._kill(slot, sig)
-        self.signals.clear()
 
     def _reap(self) -> None:
         while True:
