@@ -317,8 +317,8 @@ def start_server(database_url: str, log: Path, src: Path | None = None, **settin
         # measure itself, not the send path.
         CHAT_API_SEND_RATE_PER_SECOND="0",
         CHAT_API_RATE_LIMITS="false",
-        **settings,
     )
+    env.update(settings)
     workers = int(settings.get("CHAT_API_WORKERS", "1"))
     started = time.perf_counter()
     process = subprocess.Popen(
