@@ -91,6 +91,8 @@ class Slot:
 
 @dataclass
 class Supervisor:
+    """The parent: binds the socket, forks the workers, forwards signals, replaces the dead."""
+
     app: FastAPI
     settings: Settings
     slots: list[Slot] = field(default_factory=list)

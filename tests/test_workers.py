@@ -221,6 +221,23 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(
     assert not any(alive(pid) for pid in now)
 
 
+def test_workers_drain_and_exit_by_themselves_when_the_parent_is_killed(
+    runtime_url: str, tmp_path: Path
+) -> None:
+    with serve_process(runtime_url, tmp_path, **TWO) as server:
+        workers = server.wait_ready(2)
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait(STOP_SECONDS)
+        deadline = time.monotonic() + STOP_SECONDS  # a deadline for waiting, not a measurement
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in workers), server.output()
+    gone = [r for r in server.log_records() if "is gone; draining" in r.get("message", "")]
+    assert {r["process.pid"] for r in gone} == workers
+    stopped = [r for r in server.log_records() if r.get("message") == "chat-api stopped"]
+    assert {r["process.pid"] for r in stopped} == workers
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "65"])
 def test_a_bad_workers_value_stops_start_up_with_one_line(runtime_url: str, value: str) -> None:
     env = serve_env(runtime_url, 1, CHAT_API_WORKERS=value)
