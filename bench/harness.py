@@ -302,7 +302,9 @@ def chat_api(*args: str, src: Path | None = None) -> tuple[list[str], dict[str, 
     return [sys.executable, "-m", "chat_api", *args], env
 
 
-def start_server(database_url: str, log: Path, src: Path | None = None) -> Server:
+def start_server(database_url: str, log: Path, src: Path | None = None, **settings: str) -> Server:
+    """`chat-api serve` with the benchmark's settings, and `settings` (CHAT_API_WORKERS="2", ...)
+    over them; returned once /readyz answers 200 (with workers: once every worker has started)."""
     port = free_port()
     command, env = chat_api("serve", src=src)
     env.update(
@@ -316,6 +318,8 @@ def start_server(database_url: str, log: Path, src: Path | None = None) -> Serve
         CHAT_API_SEND_RATE_PER_SECOND="0",
         CHAT_API_RATE_LIMITS="false",
     )
+    env.update(settings)
+    workers = int(settings.get("CHAT_API_WORKERS", "1"))
     started = time.perf_counter()
     process = subprocess.Popen(
         command,
@@ -328,7 +332,10 @@ def start_server(database_url: str, log: Path, src: Path | None = None) -> Serve
         if process.poll() is not None:
             raise RuntimeError(f"chat-api serve exited: {log.read_text()[-2000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200 and (
+                workers == 1
+                or log.read_text(errors="replace").count("Application startup complete") >= workers
+            ):
                 break
         time.sleep(0.01)
     return Server(process, url, time.perf_counter() - started, log)
