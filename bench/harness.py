@@ -297,9 +297,12 @@ def chat_api(*args: str, src: Path | None = None) -> tuple[list[str], dict[str, 
     """The command line and environment that run `chat-api ARGS` from this checkout, or from the
     source tree `src` (another revision, for before/after comparisons in one run)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_API_", "DATABASE_URL", "OTEL_"))}
-    if src is not None:
-        env["PYTHONPATH"] = str(src)
-    return [sys.executable, "-m", "chat_api", *args], env
+    if src is None:
+        return [sys.executable, "-m", "chat_api", *args], env
+    env["PYTHONPATH"] = str(src)
+    # -P: `-m` would put the working directory first on the path, and a run from this checkout would
+    # then import this checkout's chat_api, whatever `src` says.
+    return [sys.executable, "-P", "-m", "chat_api", *args], env
 
 
 def start_server(database_url: str, log: Path, src: Path | None = None, **settings: str) -> Server:
