@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from chat_api.core.config import Settings
+from chat_api.core.directbody import DIRECT_BODY, ChunkWriter
 
 # uvicorn waits this long for open requests after SIGTERM; streams end at once (the app drains
 # them), so this only bounds slow ordinary requests. Keep it below the pod's grace period (30 s).
@@ -82,6 +83,10 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             self._refused = True  # no request cycle starts; data_received answers 431
             return
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            # The event stream's frames skip the send chain through it (core/directbody.py).
+            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+            extensions[DIRECT_BODY] = ChunkWriter(self.cycle)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -9,7 +9,7 @@ import uuid
 from chat_api.core.db import Database
 from chat_api.events.contract import EventKind, envelope
 from chat_api.events.cursor import Cursor
-from chat_api.events.hub import END, HEARTBEAT, Hub, Subscription
+from chat_api.events.hub import END, HEARTBEAT, Hub, Item, Subscription
 from chat_api.events.reader import Event
 from tests.support.settings import make_settings
 
@@ -134,3 +134,82 @@ async def test_the_hub_stops_when_cancelled_just_as_it_is_woken() -> None:
     follow.cancel()
     done, _ = await asyncio.wait({follow}, timeout=5)
     assert done and follow.cancelled()
+
+
+# ---- frames the hub writes itself (core/directbody.py) ------------------------------------------
+
+
+class Client:
+    """A direct writer whose transport takes bytes while `reading`, and refuses them otherwise."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.reading = True
+
+    def __call__(self, body: bytes) -> bool:
+        if self.reading:
+            self.writes.append(body)
+        return self.reading
+
+
+async def waiting(subscription: Subscription) -> asyncio.Task[list[Item]]:
+    """The stream's task, waiting in take() with nothing queued."""
+    task = asyncio.create_task(subscription.take())
+    await asyncio.sleep(0)
+    assert not task.done()
+    return task
+
+
+async def test_a_burst_reaches_a_waiting_stream_as_one_write_without_waking_it() -> None:
+    hub, (ann,) = hub_with(("ann", None, {ROOM}))
+    ann.write = client = Client()
+    task = await waiting(ann)
+    for n in (1, 2, 3):
+        hub.dispatch(event(n, EventKind.MESSAGE_CREATED, ROOM, {"body": n}))
+    assert client.writes == []  # held until the burst ends
+    hub.release()
+    assert len(client.writes) == 1 and client.writes[0].count(b"event: message.created") == 3
+    assert ann.sent == Cursor(7, 3) and ann.items == [] and not task.done()
+    hub.dispatch(event(3, EventKind.MESSAGE_CREATED, ROOM, {"body": "again"}))  # at or before `sent`
+    hub.release()
+    assert len(client.writes) == 1 and not task.done()
+    task.cancel()
+
+
+async def test_a_stream_not_reading_gets_the_burst_queued_in_order_and_is_woken() -> None:
+    hub, (ann,) = hub_with(("ann", None, {ROOM}))
+    ann.write = client = Client()
+    client.reading = False
+    task = await waiting(ann)
+    hub.dispatch(event(1, EventKind.MESSAGE_CREATED, ROOM, {"body": 1}))
+    hub.dispatch(event(2, EventKind.MESSAGE_CREATED, ROOM, {"body": 2}))
+    hub.release()
+    client.reading = True
+    ann.offer((None, HEARTBEAT))  # the task has not taken the queue yet: this waits behind it
+    assert [item[0] for item in await asyncio.wait_for(task, 1) if item is not None] == [
+        Cursor(7, 1),
+        Cursor(7, 2),
+        None,
+    ]
+    assert client.writes == [] and ann.sent == Cursor(0, 0)  # the task writes them, and moves `sent`
+
+
+async def test_a_heartbeat_to_a_waiting_stream_is_written_at_once_and_end_wakes_it() -> None:
+    ann = Subscription("ann", None, buffer=10)
+    ann.write = client = Client()
+    task = await waiting(ann)
+    ann.offer((None, HEARTBEAT))
+    assert client.writes == [HEARTBEAT] and not task.done()
+    ann.offer(END)
+    assert await asyncio.wait_for(task, 1) == [END]
+
+
+async def test_a_burst_longer_than_the_buffer_ends_a_waiting_stream() -> None:
+    hub, (ann,) = hub_with(("ann", None, {ROOM}))
+    ann.buffer = 3
+    ann.write = client = Client()
+    task = await waiting(ann)
+    for n in range(1, 6):
+        hub.dispatch(event(n, EventKind.MESSAGE_CREATED, ROOM, {"body": n}))
+    hub.release()
+    assert await asyncio.wait_for(task, 1) == [END] and ann.overflowed and client.writes == []

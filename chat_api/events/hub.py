@@ -24,6 +24,7 @@ from opentelemetry.trace import NoOpTracer, Tracer
 
 from chat_api.core.config import Settings
 from chat_api.core.db import SERVER_SETTINGS, Database
+from chat_api.core.directbody import DirectBody
 from chat_api.events.contract import CONTROL_CHANNEL, NOTIFY_CHANNEL, EventKind, joined_by_room_created
 from chat_api.events.cursor import Cursor
 from chat_api.events.reader import EVENT_COLUMNS, HORIZON_SQL, Event
@@ -78,9 +79,26 @@ class Subscription:
     """One open stream's inbox. The hub appends to it without waiting; the stream takes everything
     queued at once and writes it in one piece. Past `buffer` items the stream is too slow: what
     is queued is dropped and the stream ends (the client resumes from the last id it received,
-    so nothing is lost, and memory stays bounded)."""
+    so nothing is lost, and memory stays bounded).
 
-    __slots__ = ("_waiter", "buffer", "ended", "expires_at", "items", "overflowed", "room_id", "user")
+    A live stream may also give it a direct writer (core/directbody.py): while the stream's task
+    waits with nothing queued, a frame is then written at once, by the hub, instead of being queued
+    and waking the task; `sent` is the position of the last event written either way. Whenever the
+    writer cannot write (the client is not reading), the frame is queued as before, and so is
+    everything after it until the task has written the queue."""
+
+    __slots__ = (
+        "_waiter",
+        "buffer",
+        "ended",
+        "expires_at",
+        "items",
+        "overflowed",
+        "room_id",
+        "sent",
+        "user",
+        "write",
+    )
 
     def __init__(
         self, user: str, room_id: uuid.UUID | None, buffer: int, expires_at: float = math.inf
@@ -92,20 +110,61 @@ class Subscription:
         self.items: list[Item] = []
         self.overflowed = False
         self.ended = False  # END was offered: whatever the stream is doing, it should stop
+        self.sent = Cursor(0, 0)  # the last event's position written to the client
+        self.write: DirectBody | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: Item) -> None:
         if self.overflowed:
             return
+        waiter = self._waiter
         if item is END:
             self.ended = True
+        elif self.write is not None and not self.items and waiter is not None and not waiter.done():
+            # The task waits with nothing queued, so everything before this has been written.
+            position, frame = item
+            if position is not None and position <= self.sent:
+                return  # the replay has sent it
+            if self.write(frame):
+                if position is not None:
+                    self.sent = position
+                return
         if len(self.items) < self.buffer or item is END:
             self.items.append(item)
         else:
             self.overflowed = self.ended = True
             self.items = [END]
-        waiter = self._waiter
         if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def hold(self, item: tuple[Cursor, bytes]) -> bool:
+        """Offers an event of a burst the hub is fanning out. A stream that would write it directly
+        keeps it until `release()`, so that the whole burst is one write; True when the hub must
+        call `release()` after the burst (the first event held)."""
+        waiter = self._waiter
+        if self.write is None or waiter is None or waiter.done() or len(self.items) >= self.buffer:
+            self.offer(item)
+            return False
+        if item[0] <= self.sent:
+            return False  # the replay has sent it
+        self.items.append(item)
+        return len(self.items) == 1
+
+    def release(self) -> None:
+        """Writes what `hold()` kept, in one piece; if it cannot, wakes the task, which writes it."""
+        waiter = self._waiter
+        items = self.items
+        if not items or waiter is None or waiter.done():
+            return
+        # Only events are held: (position, frame) pairs. One frame is written as it is: the same
+        # bytes for every stream, whose chunk the writer then builds once.
+        frames = [item[1] for item in items if item is not None]
+        last = items[-1]
+        if self.write is not None and self.write(frames[0] if len(frames) == 1 else b"".join(frames)):
+            if last is not None and last[0] is not None:
+                self.sent = last[0]
+            self.items = []
+        else:
             waiter.set_result(None)
 
     def end_with(self, reauth: Item) -> None:
@@ -145,6 +204,7 @@ class Hub:
         self.rooms_of: dict[str, set[uuid.UUID]] = {}  # rooms of each user with an open stream
         self.users_in: dict[uuid.UUID, set[str]] = defaultdict(set)  # the reverse index
         self.delivered = 0
+        self._held: list[Subscription] = []  # streams holding frames of the burst being fanned out
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -265,22 +325,30 @@ class Hub:
                     subscription.offer(END)  # a stream of only this room has nothing left to show
 
     def dispatch(self, event: Event) -> None:
-        """Applies one event, in log order: membership first for joins, last for leaves."""
+        """Applies one event, in log order: membership first for joins, last for leaves. The frame
+        is built once, for all streams; `release()` must follow the burst."""
         room = event.room_id
         if event.kind == EventKind.MEMBER_ADDED and event.subject is not None:
             self._join(event.subject, room)
         elif event.kind == EventKind.ROOM_CREATED:
             for member in joined_by_room_created(event.payload):
                 self._join(member, room)
-        frame = event.frame()
-        item = (event.position, frame)
+        item = (event.position, event.frame())
+        held = self._held
         for user in self.users_in.get(room, ()):
             for subscription in self.by_user.get(user, ()):
                 if subscription.room_id is None or subscription.room_id == room:
-                    subscription.offer(item)
+                    if subscription.hold(item):
+                        held.append(subscription)
                     self.delivered += 1
         if event.kind == EventKind.MEMBER_REMOVED and event.subject is not None:
             self._leave(event.subject, room)
+
+    def release(self) -> None:
+        """The end of a burst: each stream writes what it held of it in one piece."""
+        held, self._held = self._held, []
+        for subscription in held:
+            subscription.release()
 
     # -- reading the log -------------------------------------------------------------------------
 
@@ -333,10 +401,13 @@ class Hub:
             if events:
                 with self.tracer.start_as_current_span("chat.events.fan_out") as span:
                     before = self.delivered
-                    for row in events:
-                        event = Event.from_row(row)
-                        self.dispatch(event)
-                        self.head = event.position
+                    try:
+                        for row in events:
+                            event = Event.from_row(row)
+                            self.dispatch(event)
+                            self.head = event.position
+                    finally:
+                        self.release()
                     span.set_attributes(
                         {
                             "chat.events": len(events),

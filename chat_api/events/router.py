@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from chat_api.auth.dependencies import StreamUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DatabaseDep, DatabaseUnavailable
+from chat_api.core.directbody import DIRECT_BODY
 from chat_api.core.errors import NotAMember, Problem, problem_responses
 from chat_api.core.paths import parse_room_id
 from chat_api.core.ratelimit import Action, RateLimitsDep
@@ -96,7 +97,7 @@ async def events(
         ) from None
     return EventStreamResponse(
         _stream(db, subscription, user, room, start, reset_to, head),
-        on_disconnect=lambda: subscription.offer(END),
+        subscription,
         on_close=lambda: hub.unsubscribe(subscription),
     )
 
@@ -105,13 +106,14 @@ class EventStreamResponse(StreamingResponse):
     """An SSE response, leaner than StreamingResponse's (which runs a task group of two tasks per
     response): the request's own task writes the frames, and one small task waits for the client
     to leave, which ends the stream. The subscription is released however the response ends,
-    including when the client is gone before the first byte."""
+    including when the client is gone before the first byte. When the HTTP server offers a direct
+    writer (core/directbody.py), the hub writes live frames with it while the task waits."""
 
     def __init__(
-        self, body: AsyncIterator[bytes], on_disconnect: Callable[[], None], on_close: Callable[[], None]
+        self, body: AsyncIterator[bytes], subscription: Subscription, on_close: Callable[[], None]
     ) -> None:
         super().__init__(body, media_type="text/event-stream", headers=STREAM_HEADERS)
-        self.on_disconnect = on_disconnect
+        self.subscription = subscription
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,17 +121,19 @@ class EventStreamResponse(StreamingResponse):
         try:
             start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             await send(start)
+            self.subscription.write = scope.get("extensions", {}).get(DIRECT_BODY)
             async for chunk in self.body_iterator:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            self.subscription.write = None
             watcher.cancel()
             self.on_close()
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self.on_disconnect()
+        self.subscription.offer(END)
 
 
 async def _stream(
@@ -161,7 +165,9 @@ async def _stream(
                 position = batch[-1].position
             if len(batch) < REPLAY_BATCH:
                 break
-    # Live: everything the hub queued since the last wake-up goes out as one write.
+    # Live: everything the hub queued since the last wake-up goes out as one write. While this waits
+    # with nothing queued, the hub may write frames itself (Subscription.offer) and moves `sent`.
+    subscription.sent = position
     while True:
         frames: list[bytes] = []
         for item in await subscription.take():
@@ -172,8 +178,8 @@ async def _stream(
             item_position, frame = item
             if item_position is None:  # a heartbeat
                 frames.append(frame)
-            elif item_position > position:
-                position = item_position
+            elif item_position > subscription.sent:
+                subscription.sent = item_position
                 frames.append(frame)
         if frames:
             yield b"".join(frames)
