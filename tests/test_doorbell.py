@@ -5,17 +5,20 @@ streams within the hubs' idle check."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import orjson
 import pytest
 
 from chat_api.core.db import Database
 from chat_api.events import hub as hub_module
 from chat_api.events.contract import NOTIFY_CHANNEL, room_lock_key
 from chat_api.events.doorbell import Doorbell
+from chat_api.events.hub import Hub, Subscription
 from chat_api.messages.service import SEND
 from tests.support.servers import ServerFactory
 from tests.support.settings import make_settings
@@ -151,3 +154,83 @@ async def test_a_failed_ring_never_raises(runtime_url: str) -> None:
     assert doorbell.sent == 0
     await doorbell.close()
     doorbell.ring()  # closed: still never raises
+
+
+# ---- the gap between a hub's reads (events/hub.py READ_GAP_SECONDS) ------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running_hub(runtime_url: str) -> AsyncIterator[Hub]:
+    """A hub of its own (as a replica's), on the real database."""
+    settings = make_settings(runtime_url)
+    db = Database(settings)
+    await db.open()
+    hub = Hub(settings, db)
+    hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.close()
+        await db.close()
+
+
+async def bodies(subscription: Subscription, count: int) -> list[str]:
+    """The message bodies of the next `count` events queued to the subscription."""
+    got: list[str] = []
+    while len(got) < count:
+        for item in await asyncio.wait_for(subscription.take(), 30):
+            assert item is not None and item[0] is not None, item
+            got.append(orjson.loads(item[1].split(b"data: ", 1)[1])["message"]["body"])
+    return got
+
+
+async def test_a_burst_of_doorbells_costs_a_bounded_number_of_reads_and_every_event_once_in_order(
+    make_user: UserFactory, runtime_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gap = 0.2
+    monkeypatch.setattr(hub_module, "READ_GAP_SECONDS", gap)
+    alice, bob = make_user("alice"), make_user("bob")
+    room_id = uuid.UUID((await alice.create_room(members=[bob]))["id"])
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with running_hub(runtime_url) as hub:
+            subscription, _ = await hub.subscribe(bob.name, room_id)
+            reads, started = hub.reads, time.monotonic()
+            for n in range(40):  # 40 commits, each with its doorbell
+                await writer.fetchval(
+                    SEND, room_id, room_lock_key(room_id), alice.name, f"burst {n}", None, None, None
+                )
+                hub.wake()
+            got = await bodies(subscription, 40)
+            elapsed, reads = time.monotonic() - started, hub.reads - reads
+            await asyncio.sleep(gap * 2)  # nothing more comes
+            assert subscription.items == []
+    finally:
+        await writer.close()
+    assert got == [f"burst {n}" for n in range(40)]
+    # Reads start at least `gap` apart: at most one per gap over the burst, plus the one under way.
+    assert reads <= elapsed / gap + 2, (reads, elapsed)
+    assert reads < 40, reads
+
+
+async def test_a_doorbell_during_the_gap_is_not_lost(
+    make_user: UserFactory, runtime_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No idle check to fall back on, and a long gap: the second doorbell rings inside it, and only
+    # the read it schedules for the gap's end can bring the second event.
+    monkeypatch.setattr(hub_module, "IDLE_CHECK_SECONDS", 120.0)
+    monkeypatch.setattr(hub_module, "READ_GAP_SECONDS", 2.0)
+    alice, bob = make_user("alice"), make_user("bob")
+    room_id = uuid.UUID((await alice.create_room(members=[bob]))["id"])
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with running_hub(runtime_url) as hub:
+            subscription, _ = await hub.subscribe(bob.name, room_id)
+            for body in ("first", "in the gap"):
+                await writer.fetchval(
+                    SEND, room_id, room_lock_key(room_id), alice.name, body, None, None, None
+                )
+                hub.wake()
+                assert await bodies(subscription, 1) == [body]
+    finally:
+        await writer.close()

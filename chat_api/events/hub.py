@@ -40,6 +40,12 @@ RETRY_MAX_SECONDS = 1.0
 # docs/events.md, "The idle check"). It bounds how late an event is whose doorbell never rang: the
 # writing process died between its commit and its ring (events/doorbell.py), or its ring failed.
 IDLE_CHECK_SECONDS = 1.0
+# A read starts no sooner than this after the previous one started: under write load the doorbells
+# (one per writing process per 5 ms, events/doorbell.py) would have every hub read the log 200 times a
+# second per writer, competing with PostgreSQL for CPU. A doorbell in the gap is never lost: the read
+# it asks for starts at the gap's end, one read for all the doorbells of the gap. Measured in
+# docs/events.md, "The gap between reads".
+READ_GAP_SECONDS = 0.02
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 
@@ -204,6 +210,7 @@ class Hub:
         self.rooms_of: dict[str, set[uuid.UUID]] = {}  # rooms of each user with an open stream
         self.users_in: dict[uuid.UUID, set[str]] = defaultdict(set)  # the reverse index
         self.delivered = 0
+        self.reads = 0  # wake-ups that read the log
         self._held: list[Subscription] = []  # streams holding frames of the burst being fanned out
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -374,9 +381,12 @@ class Hub:
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
     async def _follow(self, conn: asyncpg.Connection) -> None:
+        loop = asyncio.get_running_loop()
         retry = RETRY_MIN_SECONDS
         while True:
-            self._wake.clear()
+            self._wake.clear()  # a doorbell from now on asks for another read
+            started = loop.time()
+            self.reads += 1
             blocked = await self._catch_up(conn)
             if blocked:
                 timeout, retry = retry, min(retry * 2, RETRY_MAX_SECONDS)
@@ -387,6 +397,9 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+            gap = started + READ_GAP_SECONDS - loop.time()
+            if gap > 0:
+                await asyncio.sleep(gap)
 
     async def _catch_up(self, conn: asyncpg.Connection) -> bool:
         """Reads and dispatches everything readable after head; True if more is committed or in
