@@ -9,6 +9,7 @@ is full, or the response is not chunked): then the caller sends it the ordinary 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,9 @@ DirectBody = Callable[[bytes], bool]
 
 class ChunkWriter:
     """Writes chunks of one uvicorn response cycle (uvicorn.protocols.http.httptools_impl's
-    RequestResponseCycle, whose state it reads as that cycle's own `send` does)."""
+    RequestResponseCycle, whose state it reads as that cycle's own `send` does). It holds the cycle
+    weakly: the cycle holds the scope, which holds this, and a reference cycle would leave every
+    request's objects to the garbage collector."""
 
     __slots__ = ("cycle",)
 
@@ -29,12 +32,13 @@ class ChunkWriter:
     _last: tuple[bytes, bytes] = (b"", b"")
 
     def __init__(self, cycle: Any) -> None:
-        self.cycle = cycle
+        self.cycle = weakref.ref(cycle)
 
     def __call__(self, body: bytes) -> bool:
-        cycle = self.cycle
+        cycle = self.cycle()
         if (
-            cycle.disconnected
+            cycle is None
+            or cycle.disconnected
             or not cycle.response_started
             or cycle.response_complete
             or not cycle.chunked_encoding
