@@ -164,9 +164,12 @@ class Subscription:
             return
         # Only events are held: (position, frame) pairs. One frame is written as it is: the same
         # bytes for every stream, whose chunk the writer then builds once.
-        frames = [item[1] for item in items if item is not None]
         last = items[-1]
-        if self.write is not None and self.write(frames[0] if len(frames) == 1 else b"".join(frames)):
+        if len(items) == 1 and last is not None:
+            frames = last[1]
+        else:
+            frames = b"".join([item[1] for item in items if item is not None])
+        if self.write is not None and self.write(frames):
             if last is not None and last[0] is not None:
                 self.sent = last[0]
             self.items = []
