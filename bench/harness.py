@@ -297,12 +297,17 @@ def chat_api(*args: str, src: Path | None = None) -> tuple[list[str], dict[str, 
     """The command line and environment that run `chat-api ARGS` from this checkout, or from the
     source tree `src` (another revision, for before/after comparisons in one run)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_API_", "DATABASE_URL", "OTEL_"))}
-    if src is not None:
-        env["PYTHONPATH"] = str(src)
-    return [sys.executable, "-m", "chat_api", *args], env
+    if src is None:
+        return [sys.executable, "-m", "chat_api", *args], env
+    env["PYTHONPATH"] = str(src)
+    # -P: `-m` would put the working directory first on the path, and a run from this checkout would
+    # then import this checkout's chat_api, whatever `src` says.
+    return [sys.executable, "-P", "-m", "chat_api", *args], env
 
 
-def start_server(database_url: str, log: Path, src: Path | None = None) -> Server:
+def start_server(database_url: str, log: Path, src: Path | None = None, **settings: str) -> Server:
+    """`chat-api serve` with the benchmark's settings, and `settings` (CHAT_API_WORKERS="2", ...)
+    over them; returned once /readyz answers 200 (with workers: once every worker has started)."""
     port = free_port()
     command, env = chat_api("serve", src=src)
     env.update(
@@ -316,6 +321,8 @@ def start_server(database_url: str, log: Path, src: Path | None = None) -> Serve
         CHAT_API_SEND_RATE_PER_SECOND="0",
         CHAT_API_RATE_LIMITS="false",
     )
+    env.update(settings)
+    workers = int(settings.get("CHAT_API_WORKERS", "1"))
     started = time.perf_counter()
     process = subprocess.Popen(
         command,
@@ -328,7 +335,10 @@ def start_server(database_url: str, log: Path, src: Path | None = None) -> Serve
         if process.poll() is not None:
             raise RuntimeError(f"chat-api serve exited: {log.read_text()[-2000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200 and (
+                workers == 1
+                or log.read_text(errors="replace").count("Application startup complete") >= workers
+            ):
                 break
         time.sleep(0.01)
     return Server(process, url, time.perf_counter() - started, log)

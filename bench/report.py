@@ -93,6 +93,15 @@ def table(rows: list[Row]) -> str:
     if eight is not None:
         tps, ratio = eight.extra["in_transaction_tps"], eight.extra["in_transaction_ratio"]
         lines.append(f"8. doorbell inside the transaction (migration 0004): {tps:,} tps, ratio {ratio:.3f}")
+    ten = next((r for r in rows if r.scenario.startswith("10.")), None)
+    if ten is not None:
+        e, send_cpu = ten.extra, ten.cpu_ms or 0.0
+        lines.append(
+            f"10. newest page, 2 workers vs 1: {e['page_tps_2_workers']:,}/s "
+            f"vs {e['page_tps_1_worker']:,}/s, "
+            f"ratio {e['page_ratio']:.3f}; server cpu ms per request {e['page_cpu_ms_2_workers']:.3f} "
+            f"vs {e['page_cpu_ms_1_worker']:.3f} (send {send_cpu:.3f} vs {e['send_cpu_ms_1_worker']:.3f})"
+        )
     one = next((r for r in rows if r.scenario.startswith("1.")), None)
     if one is not None:
         raw, ratio = one.extra["raw_insert_tps"], one.extra["raw_insert_ratio"]
@@ -136,6 +145,7 @@ REQUIRED = {
     "7.": ("p50_ms",),
     "8.": ("throughput", "p50_ms", "p99_ms", "floor_throughput", "ratio"),
     "9.": ("p50_ms", "p99_ms"),
+    "10.": ("throughput", "p50_ms", "p99_ms", "errors", "cpu_ms", "floor_throughput", "ratio"),
 }
 
 
@@ -162,6 +172,12 @@ def problems(rows: list[dict[str, Any]]) -> list[str]:
     for name in ("in_transaction_tps", "in_transaction_ratio", "floor_p99_ms"):
         if eight and not eight.get("extra", {}).get(name):
             found.append(f"8.: no {name}")
+    ten = next((r for r in rows if r["scenario"].startswith("10.")), {})
+    for name in ("page_tps_1_worker", "page_tps_2_workers", "page_ratio", "page_cpu_ms_2_workers"):
+        if ten and not ten.get("extra", {}).get(name):
+            found.append(f"10.: no {name}")
+    if ten and ten.get("extra", {}).get("page_errors"):
+        found.append(f"10.: {ten['extra']['page_errors']} failed page requests")
     nine = next((r for r in rows if r["scenario"].startswith("9.")), {})
     if nine and not nine.get("extra", {}).get("deliveries"):
         found.append("9.: no deliveries")

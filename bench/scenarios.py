@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -45,10 +46,11 @@ class Profile:
     idle_streams: int
     doorbell_rounds: int
     delivery_messages: int
+    workers_rounds: int
 
 
-FULL = Profile(10, 1_000_000, (0, 10_000, 500_000, 999_000), 1000, 200, 10_000, 3, 100)
-QUICK = Profile(2, 20_000, (0, 1_000, 10_000, 19_000), 50, 20, 200, 1, 20)
+FULL = Profile(10, 1_000_000, (0, 10_000, 500_000, 999_000), 1000, 200, 10_000, 3, 100, 3)
+QUICK = Profile(2, 20_000, (0, 1_000, 10_000, 19_000), 50, 20, 200, 1, 20, 1)
 
 
 @dataclass
@@ -255,6 +257,54 @@ def delivery(t: Target) -> Row:
     )
 
 
+def workers(t: Target) -> Row:
+    """10. CHAT_API_WORKERS: send into 100 rooms and the newest page through a second server with
+    2 workers on the same database against the server under test (1 worker), taking turns for a few
+    rounds; medians. Ratio: 2-worker / 1-worker send throughput (the page's under the table). On a
+    machine of two cores, with wrk on the same cores, what 2 workers can win is bounded."""
+    spread_file, page_file = t.work / "spread.txt", t.work / "page.txt"
+    spread_file.write_text(spread_rooms())
+    page_file.write_text(newest_page_path(t.ids))
+    # The same pool in all (2 workers of 10 against 1 of 20): the workers are compared, not a bigger pool.
+    two = harness.start_server(
+        t.database_url, t.work / "serve-2-workers.log", CHAT_API_WORKERS="2", CHAT_API_DB_POOL_SIZE="10"
+    )
+    servers = {1: t.server, 2: two}
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {
+        (load, n): [] for load in ("send", "page") for n in servers
+    }
+    try:
+        for _ in range(t.profile.workers_rounds):
+            for n, server in servers.items():
+                pid = server.process.pid
+                runs["send", n].append(
+                    wrk(server.url, "send.lua", spread_file, t.profile.duration, t.token, pid)
+                )
+                runs["page", n].append(
+                    wrk(server.url, "get.lua", page_file, t.profile.duration, t.token, pid)
+                )
+    finally:
+        harness.stop(two.process)
+    m = {key: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for key, rs in runs.items()}
+    return against(
+        "10. workers: 2 vs 1, send 100 rooms",
+        m["send", 2],
+        "same, 1 worker",
+        m["send", 1],
+        extra={
+            "send_cpu_ms_1_worker": round(m["send", 1]["cpu_ms"], 3),
+            "page_tps_1_worker": round(m["page", 1]["throughput"]),
+            "page_tps_2_workers": round(m["page", 2]["throughput"]),
+            "page_ratio": round(m["page", 2]["throughput"] / m["page", 1]["throughput"], 3),
+            "page_cpu_ms_1_worker": round(m["page", 1]["cpu_ms"], 3),
+            "page_cpu_ms_2_workers": round(m["page", 2]["cpu_ms"], 3),
+            "page_errors": int(m["page", 1]["errors"] + m["page", 2]["errors"]),
+            "rounds": t.profile.workers_rounds,
+            "cpus": os.cpu_count(),
+        },
+    )
+
+
 SCENARIOS: tuple[Callable[[Target], Row], ...] = (
     start_up,
     send_spread,
@@ -265,6 +315,7 @@ SCENARIOS: tuple[Callable[[Target], Row], ...] = (
     idle_streams,
     doorbell_floor,
     delivery,
+    workers,
 )
 
 

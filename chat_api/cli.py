@@ -21,10 +21,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in settings.auth_warnings():
         log.warning(warning)
     from chat_api.app import create_app
-    from chat_api.server import run_server
+    from chat_api.workers import serve
 
-    run_server(create_app(settings), settings, settings.host, settings.port)
-    return 0
+    return serve(create_app(settings), settings)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -26,9 +26,10 @@ from chat_api import cli
 from chat_api.auth.tokens import TokenVerifier
 from chat_api.core.config import load_settings, parse_jwt_keys
 from chat_api.core.secretfile import RECHECK_SECONDS, SecretFile
+from tests.support.ports import free_port
 from tests.support.problems import assert_problem
 from tests.support.secretvolume import SecretVolume
-from tests.support.servers import RunningServer, ServerFactory, free_port
+from tests.support.servers import RunningServer, ServerFactory
 from tests.support.settings import TEST_SECRET
 from tests.support.tokens import (
     AUDIENCE,

@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from tests.support.pgcluster import ThrowawayCluster
+from tests.support.ports import free_port
 from tests.support.processes import stop_process
-from tests.support.servers import free_port
 from tests.support.settings import TEST_SECRET
 
 CLI = [sys.executable, "-m", "chat_api"]

@@ -11,8 +11,9 @@ import httpx
 from chat_api.core.migrations import migrate
 from chat_api.core.schema import SCHEMA_REVISION
 from tests.support.databases import throwaway_database
+from tests.support.ports import free_port
 from tests.support.problems import assert_problem
-from tests.support.servers import RunningServer, ServerFactory, free_port
+from tests.support.servers import RunningServer, ServerFactory
 from tests.support.settings import make_settings
 
 

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("chat_api.rooms",),  # a room shows its last message
     ("chat_api.health", "chat_api.web"),  # probes; the browser client
     ("chat_api.server", "chat_api.app"),  # the HTTP server; the application assembled
+    ("chat_api.workers",),  # CHAT_API_WORKERS: the server in N processes
     ("chat_api.devserver",),  # `chat-api dev`
     ("chat_api.cli", "chat_api.__main__"),  # the command
 ]

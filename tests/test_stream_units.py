@@ -109,3 +109,28 @@ def test_a_removed_member_gets_its_own_removal_then_nothing_and_a_room_stream_en
     assert kinds(bob_all) == ["event: member.removed"]
     assert bob_room.items[-1] is END and bob_room.ended
     assert "bob" not in hub.users_in.get(ROOM, set())
+
+
+# ---- shutdown -------------------------------------------------------------------------------------
+
+
+async def test_the_hub_stops_when_cancelled_just_as_it_is_woken() -> None:
+    """A wake-up (a local commit, a NOTIFY) in the same turn as close()'s cancel: the hub's loop still
+    ends. (Python 3.11's asyncio.wait_for returned the woken wait and dropped the cancel, so the hub
+    looped on and the process's shutdown hung.)"""
+    hub, _ = hub_with()
+    caught_up = asyncio.Event()
+
+    async def catch_up(conn: object) -> bool:
+        caught_up.set()
+        return False
+
+    hub._catch_up = catch_up  # type: ignore[method-assign]
+    follow = asyncio.create_task(hub._follow(None))  # type: ignore[arg-type]
+    await caught_up.wait()
+    await asyncio.sleep(0)  # the loop is now waiting to be woken
+    hub.wake()
+    await asyncio.sleep(0)  # the wait is done; the loop has not run on yet
+    follow.cancel()
+    done, _ = await asyncio.wait({follow}, timeout=5)
+    assert done and follow.cancelled()

@@ -25,7 +25,8 @@ import chat_api
 from chat_api.app import create_app
 from chat_api.core.telemetry import Telemetry
 from tests.support.otlp import GrpcReceiver, HttpReceiver, LogView, SpanView, Store
-from tests.support.servers import RunningServer, ServerFactory, free_port, serve
+from tests.support.ports import free_port
+from tests.support.servers import RunningServer, ServerFactory, serve
 from tests.support.settings import make_settings
 from tests.support.sse import open_stream
 from tests.support.users import UserFactory

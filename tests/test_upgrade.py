@@ -30,8 +30,9 @@ import pytest
 
 from chat_api.core.migrations import head_revision, migrate
 from tests.support.databases import throwaway_database
+from tests.support.ports import free_port
 from tests.support.processes import stop_process
-from tests.support.servers import free_port, serve
+from tests.support.servers import serve
 from tests.support.settings import RUNTIME_PASSWORD, TEST_SECRET, make_settings, with_user
 from tests.support.sse import open_stream
 from tests.support.users import User

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
         (), validation_alias=env("CHAT_API_FORWARDED_ALLOW_IPS")
     )
 
+    # Server processes on one listening socket (chat_api/workers.py), for single-host installs; on
+    # Kubernetes keep 1 and scale replicas. Each process has its own pool and hub.
+    workers: int = Field(1, ge=1, le=64, validation_alias=env("CHAT_API_WORKERS"))
+
     db_pool_size: int = Field(10, ge=1, le=1000, validation_alias=env("CHAT_API_DB_POOL_SIZE"))
     db_pool_max_overflow: int = Field(
         10, ge=0, le=1000, validation_alias=env("CHAT_API_DB_POOL_MAX_OVERFLOW")

@@ -14,7 +14,8 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 from chat_api.core.config import Settings
 
 HANDLER_NAME = "chat-api-stdout"
-CONSOLE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# The process id tells the server processes of CHAT_API_WORKERS apart (the parent and each worker).
+CONSOLE_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
 
 
 def _drop_terminal_colours(record: logging.LogRecord) -> bool:
@@ -23,18 +24,19 @@ def _drop_terminal_colours(record: logging.LogRecord) -> bool:
 
 
 class JsonLines(OrjsonFormatter):
-    """One JSON object per line. Inside a request (or any span) the line carries the ids that find
-    its trace. They are added to the line only, not to the record: the OTLP handler sends the
-    record with its real trace context already.
+    """One JSON object per line, with the process id (`process.pid`: which of the CHAT_API_WORKERS
+    processes wrote it). Inside a request (or any span) the line carries the ids that find its
+    trace. They are added to the line only, not to the record: the OTLP handler sends the record
+    with its real trace context already.
 
-    The fields are python-json-logger's, in its order: level, logger, message, exc_info and
-    stack_info when there are, the record's extra fields, time. Built here directly: its generic
+    The fields are python-json-logger's, in its order: level, logger, process.pid, message, exc_info
+    and stack_info when there are, the record's extra fields, time. Built here directly: its generic
     path (format-string fields, renames, defaults) cost a third of the access log's line."""
 
     def __init__(self) -> None:
         super().__init__(
-            "%(levelname)s %(name)s %(message)s",
-            rename_fields={"levelname": "level", "name": "logger"},
+            "%(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={"levelname": "level", "name": "logger", "process": "process.pid"},
             timestamp="time",  # ISO 8601 in UTC
         )
 
@@ -42,7 +44,12 @@ class JsonLines(OrjsonFormatter):
         if isinstance(record.msg, dict):  # a dict logged as the message: the library's own way
             return super().format(record)
         record.message = record.getMessage()
-        data: dict[str, Any] = {"level": record.levelname, "logger": record.name, "message": record.message}
+        data: dict[str, Any] = {
+            "level": record.levelname,
+            "logger": record.name,
+            "process.pid": record.process,
+            "message": record.message,
+        }
         if record.exc_info:
             data["exc_info"] = self.formatException(record.exc_info)
         elif record.exc_text:

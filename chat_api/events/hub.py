@@ -314,8 +314,11 @@ class Hub:
                 timeout, retry = retry, min(retry * 2, RETRY_MAX_SECONDS)
             else:
                 timeout, retry = IDLE_CHECK_SECONDS, RETRY_MIN_SECONDS
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a wait that was woken in
+            # the same turn as a cancel and drops the cancel, and close() then waited for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _catch_up(self, conn: asyncpg.Connection) -> bool:
         """Reads and dispatches everything readable after head; True if more is committed or in

@@ -47,7 +47,7 @@ from tests.deploy.manifests import (
     one,
     pod_spec,
 )
-from tests.support.servers import free_port
+from tests.support.ports import free_port
 from tests.support.settings import TEST_SECRET
 
 pytestmark = pytest.mark.slow

@@ -33,8 +33,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.support.ports import free_port
 from tests.support.problems import assert_problem
-from tests.support.servers import RunningServer, ServerFactory, free_port
+from tests.support.servers import RunningServer, ServerFactory
 from tests.support.sse import open_stream
 from tests.support.users import UserFactory
 

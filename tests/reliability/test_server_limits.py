@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from chat_api.server import MAX_HEAD_BYTES
+from tests.support.ports import free_port
 from tests.support.processes import stop_process
-from tests.support.servers import free_port
 from tests.support.settings import TEST_SECRET
 
 HEADER_TIMEOUT = 2.0

@@ -10,7 +10,6 @@ import ipaddress
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -23,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.ports import free_port
 
 ADMIN_USER = "postgres"
 ADMIN_PASSWORD = "admin-secret"  # a throwaway cluster on loopback
@@ -88,12 +89,6 @@ def unprivileged_user() -> pwd.struct_passwd | None:
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
     raise RuntimeError("running as root and no postgres/pgserver/nobody user to run PostgreSQL as")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def new_ca(name: str = "throwaway test CA") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:

@@ -22,7 +22,8 @@ from chat_api.app import create_app
 from chat_api.auth import streamcookie
 from chat_api.auth.tokens import mint_token
 from chat_api.devserver import create_dev_app
-from tests.support.servers import free_port, serve
+from tests.support.ports import free_port
+from tests.support.servers import serve
 from tests.support.settings import TEST_SECRET, make_settings
 from tests.web.browser import ARTIFACTS
 

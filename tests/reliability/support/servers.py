@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.ports import free_port
 from tests.support.processes import stop_process
-from tests.support.servers import free_port
 from tests.support.settings import TEST_SECRET
 
 CLI = [sys.executable, "-m", "chat_api"]
