@@ -47,8 +47,9 @@ DOCS_ASSETS = "/docs/assets"
 @dataclass(frozen=True)
 class Resources:
     """What a process holds for every request, built in one place (the lifespan). Each reaches the
-    routes through its own typed dependency (AppSettings, DatabaseDep, HubDep, RateLimitsDep,
-    MetricsDep, the bearer verifier, Draining), as the lifespan's state (request.state)."""
+    routes through its own typed dependency (AppSettings, DatabaseDep, HubDep, RateLimitsDep, the
+    bearer verifier, Draining; ProcessDep: settings, database, limits and metrics at once), as the
+    lifespan's state (request.state)."""
 
     settings: Settings
     draining: asyncio.Event  # set once shutdown begins: /readyz answers 503 and open streams end

@@ -644,3 +644,121 @@ def test_key_file_is_looked_at_once_per_interval_at_most(tmp_path: Path) -> None
     path.write_text(f"{KEY_A}\n{KEY_B}")
     time.sleep(after_recheck())
     assert keys.current() == (KEY_A, KEY_B)
+
+
+# --- verified tokens remembered: until exp, while the keys stay -------------------------------------
+
+
+def hs256_verifier(**settings: Any) -> TokenVerifier:
+    """A verifier of HS256 tokens without a server (no database)."""
+    values: dict[str, Any] = {
+        "database_url": None,
+        "database_url_file": None,
+        "jwt_secret": TEST_SECRET,
+        "jwt_secret_file": None,
+        "jwt_jwks_url": None,
+        "jwt_issuer": None,
+        "jwt_audience": None,
+    }
+    return TokenVerifier(load_settings(**{**values, **settings}))
+
+
+def count_verifications(verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens the verifier really verifies from now on (the rest it answers from memory)."""
+    verified: list[str] = []
+    verify = verifier._verify
+
+    async def counted(token: str) -> chat_api.auth.tokens.Principal:
+        verified.append(token)
+        return await verify(token)
+
+    monkeypatch.setattr(verifier, "_verify", counted)
+    return verified
+
+
+async def test_a_remembered_token_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = hs256_verifier()
+    verified = count_verifications(verifier, monkeypatch)
+    token = hs256(claims("alice"))
+    assert await verifier.subject(token) == "alice"
+    assert await verifier.subject(token) == "alice"
+    assert verified == [token]
+
+
+async def test_a_tampered_sibling_of_a_remembered_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = hs256_verifier()
+    token = hs256(claims("alice"))
+    assert await verifier.subject(token) == "alice"
+    header, payload, signature = token.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    other_payload = hs256(claims("mallory")).split(".")[1]
+    for forged in (f"{header}.{payload}.{flipped}", f"{header}.{other_payload}.{signature}", token + "x"):
+        with pytest.raises(chat_api.auth.tokens.InvalidToken):
+            await verifier.verify(forged)
+    assert await verifier.subject(token) == "alice"
+
+
+async def test_an_expired_token_is_never_accepted_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No leeway, so that the token really expires a second from now (PyJWT reads the real clock).
+    monkeypatch.setattr(chat_api.auth.tokens, "LEEWAY_SECONDS", 0)
+    verifier = hs256_verifier(jwt_max_lifetime_seconds=0)
+    exp = int(time.time()) + 1
+    token = hs256({"sub": "alice", "exp": exp})
+    assert await verifier.subject(token) == "alice"
+    await asyncio.sleep(max(0.0, exp - time.time()) + 0.05)
+    with pytest.raises(chat_api.auth.tokens.InvalidToken, match="expired"):
+        await verifier.verify(token)
+
+
+async def test_a_key_rotated_out_forgets_the_tokens_it_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = SecretVolume(tmp_path / "jwt")
+    volume.write(keys=f"{KEY_B}\n{KEY_A}\n")
+    verifier = hs256_verifier(jwt_secret=None, jwt_secret_file=volume.path("keys"))
+    verified = count_verifications(verifier, monkeypatch)
+    old, new = hs256(claims("alice"), KEY_A), hs256(claims("bob"), KEY_B)
+    assert await verifier.subject(old) == "alice"
+    assert await verifier.subject(new) == "bob"
+    assert await verifier.subject(old) == "alice"
+    assert verified == [old, new]
+
+    volume.write(keys=KEY_B + "\n")  # the old key dropped
+    await asyncio.sleep(after_recheck())
+    with pytest.raises(chat_api.auth.tokens.InvalidToken, match="signature"):
+        await verifier.verify(old)
+    assert await verifier.subject(new) == "bob"  # verified again with the new key set, then remembered
+    assert await verifier.subject(new) == "bob"
+    assert verified == [old, new, old, new]
+
+
+async def test_remembered_tokens_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chat_api.auth.tokens, "VERIFIED_TOKENS_CACHED", 3)
+    verifier = hs256_verifier()
+    verified = count_verifications(verifier, monkeypatch)
+    tokens = [hs256(claims(f"user-{n}")) for n in range(5)]
+    for token in tokens:
+        await verifier.verify(token)
+    for token in tokens[2:]:  # the newest three are remembered
+        await verifier.verify(token)
+    assert verified == tokens
+    await verifier.verify(tokens[0])  # the oldest were forgotten
+    assert verified == [*tokens, tokens[0]]
+
+
+async def test_a_jwks_refetch_forgets_remembered_tokens(
+    jwks: JwksServer, keys: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jwks.publish(rsa_jwk(keys["rsa"], "rsa-1"))
+    verifier = jwks_verifier(jwks)
+    verified = count_verifications(verifier, monkeypatch)
+    token = signed(keys["rsa"], "rsa-1")
+    await verifier.subject(token)
+    await verifier.subject(token)
+    assert verified == [token] and jwks.fetches == 1
+    assert verifier.jwks is not None
+    verifier.jwks.fetched_at -= chat_api.auth.tokens.JWKS_MAX_AGE_SECONDS + 1  # the key set is due
+    jwks.keys[:] = [rsa_jwk(keys["rsa-new"], "rsa-2")]  # and the issuer has rotated rsa-1 out meanwhile
+    with pytest.raises(chat_api.auth.tokens.InvalidToken, match="unknown"):
+        await verifier.verify(token)
+    assert jwks.fetches == 2

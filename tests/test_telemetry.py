@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -466,3 +467,45 @@ async def test_a_dead_or_hung_collector_slows_nothing_and_shutdown_is_bounded(
     for label in ("dead", "hung"):
         assert medians[label] / medians["disabled"] < 3, (label, medians)
         assert stops[label] < 8, (label, stops)
+
+
+def test_json_log_lines_carry_what_the_generic_formatter_wrote() -> None:
+    """JsonLines builds its lines itself (cheaper on the access log's path): the same fields, in
+    the same order, as python-json-logger's generic path, with and without a trace."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    from pythonjsonlogger.orjson import OrjsonFormatter
+
+    from chat_api.core.logging import JsonLines
+
+    fast = JsonLines()
+
+    def generic(record: logging.LogRecord) -> str:
+        return OrjsonFormatter.format(fast, record)
+
+    logger = logging.getLogger("chat_api.test")
+
+    def record(msg: object, *args: object, exc_info: Any = None, **kwargs: Any) -> logging.LogRecord:
+        made = logger.makeRecord(logger.name, logging.INFO, __file__, 1, msg, args, exc_info, **kwargs)
+        made.created = 1_764_837_000.25  # a fixed instant, with a fraction of a second
+        return made
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failure = sys.exc_info()
+    extra = {"http.route": "/v1/rooms/{room_id}", "http.response.status_code": 201, "user.id": None}
+    records = [
+        record("%s %s %d %.1fms", "GET", "/v1/rooms", 200, 1.25, extra=extra),
+        record("plain"),
+        record("failed", exc_info=failure),
+        record("with a stack", sinfo="Stack (most recent call last):\n  here"),
+        record("a uuid %s", uuid.UUID(int=1), extra={"id": uuid.UUID(int=2), "raw": b"bytes"}),
+    ]
+    span = NonRecordingSpan(SpanContext(0x1234, 0x56, is_remote=False, trace_flags=TraceFlags(1)))
+    for made in records:
+        assert fast.format(made) == generic(made)
+        with trace.use_span(span):
+            line = fast.format(made)
+            assert line == generic(made)
+            assert '"trace_id":"00000000000000000000000000001234","span_id":"0000000000000056"' in line

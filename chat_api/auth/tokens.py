@@ -21,6 +21,10 @@ ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
 MAX_SUBJECT_CHARS = 255
 JWKS_MIN_REFRESH_SECONDS = 10.0  # an unknown kid triggers a refetch at most this often
 JWKS_MAX_AGE_SECONDS = 3600.0
+# Verified tokens remembered (a client sends the same token with every request until it renews it);
+# the oldest entry is dropped first. An entry is the token (HS256 ~200 bytes, an OIDC issuer's up to
+# a few KB) and its Principal: ~5 MB full with HS256, ~30 MB with large OIDC tokens.
+VERIFIED_TOKENS_CACHED = 10_000
 
 
 _TIME_CLAIMS = ("exp", "nbf", "iat")
@@ -90,9 +94,15 @@ class JwksCache:
 
 
 class TokenVerifier:
-    """Verifies every token on every request (tokens are never cached, keys are): the HS256 keys are
-    prepared once (CHAT_API_JWT_SECRET_FILE's again only when the file changes, looked at once a
-    second at most), JWKS keys are fetched once per kid."""
+    """Verifies tokens: the HS256 keys are prepared once (CHAT_API_JWT_SECRET_FILE's again only when
+    the file changes, looked at once a second at most), JWKS keys are fetched once per kid.
+
+    A token that verified is remembered (the exact string, so a token that differs in any byte is
+    verified afresh) until its `exp`, and only as long as the keys it was verified with are still the
+    keys: a key file that changes, or a JWKS that is refetched or due for a refetch, forgets every
+    remembered token. What verification checks (signature, claims, `nbf`/`iat`, the lifetime, the
+    subject) cannot turn false before `exp` with the same keys, so a remembered answer is the answer
+    verification would give. Failures are never remembered."""
 
     def __init__(self, settings: Settings) -> None:
         settings.require_auth()
@@ -111,6 +121,8 @@ class TokenVerifier:
             "leeway": LEEWAY_SECONDS,
             "options": {"require": required, "verify_aud": settings.jwt_audience is not None},
         }
+        # token -> (its Principal, the key set it was verified with); insertion order is age.
+        self._verified: dict[str, tuple[Principal, object]] = {}
 
     async def subject(self, token: str) -> str:
         """The verified token's `sub`, or InvalidToken."""
@@ -118,6 +130,31 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         """The verified token's `sub` and `exp`, or InvalidToken."""
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            principal, keys = remembered
+            if keys is self._key_set() and time.time() < principal.expires_at:
+                return principal
+            del self._verified[token]
+        principal = await self._verify(token)
+        # Read after verifying: the keys it was verified with (a JWKS refetch happens inside).
+        keys = self._key_set()
+        if keys is not None and time.time() < principal.expires_at:
+            if len(self._verified) >= VERIFIED_TOKENS_CACHED:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = (principal, keys)
+        return principal
+
+    def _key_set(self) -> object:
+        """The keys tokens are verified with now, as an object that is replaced whenever they change;
+        None when they are due for a refetch (the JWKS is older than its maximum age)."""
+        if self.jwks is None:
+            return self.hs256_keys()
+        if time.monotonic() - self.jwks.fetched_at > JWKS_MAX_AGE_SECONDS:
+            return None
+        return self.jwks.keys
+
+    async def _verify(self, token: str) -> Principal:
         try:
             if self.jwks is None:
                 claims = self._hs256(token)

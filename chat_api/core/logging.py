@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from opentelemetry import trace
 from pythonjsonlogger.orjson import OrjsonFormatter
 
@@ -25,7 +27,11 @@ class JsonLines(OrjsonFormatter):
     """One JSON object per line, with the process id (`process.pid`: which of the CHAT_API_WORKERS
     processes wrote it). Inside a request (or any span) the line carries the ids that find its
     trace. They are added to the line only, not to the record: the OTLP handler sends the record
-    with its real trace context already."""
+    with its real trace context already.
+
+    The fields are python-json-logger's, in its order: level, logger, process.pid, message, exc_info
+    and stack_info when there are, the record's extra fields, time. Built here directly: its generic
+    path (format-string fields, renames, defaults) cost a third of the access log's line."""
 
     def __init__(self) -> None:
         super().__init__(
@@ -34,10 +40,38 @@ class JsonLines(OrjsonFormatter):
             timestamp="time",  # ISO 8601 in UTC
         )
 
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, dict):  # a dict logged as the message: the library's own way
+            return super().format(record)
+        record.message = record.getMessage()
+        data: dict[str, Any] = {
+            "level": record.levelname,
+            "logger": record.name,
+            "process.pid": record.process,
+            "message": record.message,
+        }
+        if record.exc_info:
+            data["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            data["exc_info"] = record.exc_text
+        if record.stack_info:
+            data["stack_info"] = self.formatStack(record.stack_info)
+        skip = self._skip_fields
+        for key, value in record.__dict__.items():
+            if key not in skip and not key.startswith("_"):
+                data[key] = value
+        data["time"] = datetime.fromtimestamp(record.created, tz=UTC)
+        self._add_trace(data)
+        return orjson.dumps(data, default=self.json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         super().add_fields(log_data, record, message_dict)
+        self._add_trace(log_data)
+
+    @staticmethod
+    def _add_trace(log_data: dict[str, Any]) -> None:
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
             log_data["trace_id"] = format(context.trace_id, "032x")

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, Request
 from opentelemetry import trace
 from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider, Observation
 from opentelemetry.trace import NoOpTracerProvider, Tracer
@@ -126,12 +125,3 @@ class Metrics:
             unit="{connection}",
             description="Connections of the database pool.",
         )
-
-
-# async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.
-async def _metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.state.metrics
-    return metrics
-
-
-MetricsDep = Annotated[Metrics, Depends(_metrics)]

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from chat_api.auth.dependencies import CurrentUser
-from chat_api.core.config import AppSettings
+from chat_api.core.config import AppSettings, Settings
 from chat_api.core.db import DatabaseDep
 from chat_api.core.errors import Problem, problem_responses
 from chat_api.core.paths import RoomId
 from chat_api.core.ratelimit import Action, RateLimitsDep
-from chat_api.core.telemetry import MetricsDep
+from chat_api.core.resources import ProcessDep
 from chat_api.messages import service
 from chat_api.messages.schemas import MAX_SEQ, Message, MessageEdit, MessagePage, NewMessage, ReadMarker
 
@@ -24,7 +24,7 @@ Seq = Annotated[int, Path(ge=1, le=MAX_SEQ)]
 JSON = "application/json"
 
 
-def _check_length(body: str, settings: AppSettings) -> None:
+def _check_length(body: str, settings: Settings) -> None:
     if len(body) > settings.max_message_chars:
         raise Problem(
             422, f"body: at most {settings.max_message_chars} characters are allowed.", kind="validation"
@@ -44,10 +44,7 @@ async def send_message(
     room_id: RoomId,
     new: NewMessage,
     user: CurrentUser,
-    db: DatabaseDep,
-    settings: AppSettings,
-    limits: RateLimitsDep,
-    metrics: MetricsDep,
+    process: ProcessDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -56,12 +53,12 @@ async def send_message(
     ] = None,
 ) -> Response:
     """Send a message (body up to CHAT_API_MAX_MESSAGE_CHARS characters)."""
-    _check_length(new.body, settings)
-    limits.check(Action.SEND, user)
-    sent = await service.send(db, room_id, user, new.body, new.reply_to, idempotency_key)
+    _check_length(new.body, process.settings)
+    process.limits.check(Action.SEND, user)
+    sent = await service.send(process.database, room_id, user, new.body, new.reply_to, idempotency_key)
     if sent.replayed:
         return Response(sent.json, status_code=200, media_type=JSON, headers={"Idempotent-Replayed": "true"})
-    metrics.messages_sent.add(1)
+    process.metrics.messages_sent.add(1)
     return Response(sent.json, status_code=201, media_type=JSON)
 
 
