@@ -320,6 +320,9 @@ def start_server(database_url: str, log: Path, src: Path | None = None, **settin
         # measure itself, not the send path.
         CHAT_API_SEND_RATE_PER_SECOND="0",
         CHAT_API_RATE_LIMITS="false",
+        # The idle-streams scenario holds 10,000 streams open beside the other connections: above
+        # the default cap on open connections (10,000), as a deployment serving that many would set.
+        CHAT_API_LIMIT_CONCURRENCY="20000",
     )
     env.update(settings)
     workers = int(settings.get("CHAT_API_WORKERS", "1"))
