@@ -102,6 +102,13 @@ def table(rows: list[Row]) -> str:
             f"ratio {e['page_ratio']:.3f}; server cpu ms per request {e['page_cpu_ms_2_workers']:.3f} "
             f"vs {e['page_cpu_ms_1_worker']:.3f} (send {send_cpu:.3f} vs {e['send_cpu_ms_1_worker']:.3f})"
         )
+    five = next((r for r in rows if r.scenario.startswith("5.")), None)
+    if five is not None:
+        fast = five.extra["at_50"]
+        lines.append(
+            f"5. the same at 50 messages/s: p50 {fast['p50_ms']:.1f} ms, p99 {fast['p99_ms']:.1f} ms, "
+            f"{fast['cpu_ms']:.4f} ms CPU per delivery"
+        )
     one = next((r for r in rows if r.scenario.startswith("1.")), None)
     if one is not None:
         raw, ratio = one.extra["raw_insert_tps"], one.extra["raw_insert_ratio"]

@@ -51,10 +51,15 @@ RECONNECT_MAX_SECONDS = 5.0
 
 # The next events after a position, and whether any are committed or in flight beyond the
 # horizon (then the hub looks again soon), in one round trip: a first row always comes back,
-# with NULL event columns when there is nothing to read.
+# with NULL event columns when there is nothing to read. "Anything beyond the horizon" is asked as
+# "is the newest event beyond it": one step down the (xid, id) index from its end, whatever the
+# table's statistics say (an EXISTS with a filter was planned as a scan of the whole log when the
+# statistics were from an emptier table, on every read; tests/test_replay_cost.py).
 _READ = f"""
 SELECT beyond.blocked, page.* FROM
-    (SELECT EXISTS (SELECT 1 FROM events WHERE xid >= {HORIZON_SQL}) AS blocked) AS beyond
+    (SELECT coalesce(
+        (SELECT xid FROM events ORDER BY xid DESC, id DESC LIMIT 1) >= {HORIZON_SQL}, false
+    ) AS blocked) AS beyond
 LEFT JOIN LATERAL (
     SELECT {EVENT_COLUMNS} FROM events e
     WHERE (e.xid, e.id) > ($1::text::xid8, $2) AND e.xid < {HORIZON_SQL}
