@@ -8,8 +8,6 @@ import contextlib
 import http.client
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,61 +15,25 @@ from typing import Any
 
 import httpx
 
-from tests.support.processes import stop_process
-from tests.support.servers import free_port
-from tests.support.settings import TEST_SECRET
+from tests.support import serveprocess
+from tests.support.serveprocess import CLI
 
-CLI = [sys.executable, "-m", "chat_api"]
+__all__ = ["CLI"]  # the workers' tests run `chat-api serve` themselves too
+
 STARTUP_SECONDS = 30  # a deadline for waiting, never a measurement
+# The workers' test servers: rate limits off (the tests send in bursts).
+SETTINGS = {"CHAT_API_RATE_LIMITS": "false"}
 
 
 def serve_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
-    """This process's environment without anything that configures chat-api, plus a server's."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "DATABASE_URL_FILE", "PGSSLMODE", "PGSSLROOTCERT")
-        and not key.startswith(("CHAT_API_", "OTEL_"))
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        CHAT_API_JWT_SECRET=TEST_SECRET,
-        CHAT_API_HOST="127.0.0.1",
-        CHAT_API_PORT=str(port),
-        CHAT_API_RATE_LIMITS="false",
-        CHAT_API_EVENT_PRUNE_INTERVAL_SECONDS="0",
-        **extra,
-    )
-    return env
+    return serveprocess.serve_env(database_url, port, **{**SETTINGS, **extra})
 
 
-class ServeProcess:
-    """`python -m chat_api serve`; stdout and stderr go to files (no pipe to fill up)."""
+class ServeProcess(serveprocess.ServeProcess):
+    """`chat-api serve` whose worker processes and startup are seen from /proc and its log."""
 
     def __init__(self, database_url: str, directory: Path, name: str = "serve", **extra_env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.stdout_path = directory / f"{name}.stdout"
-        self.stderr_path = directory / f"{name}.stderr"
-        env = serve_env(database_url, self.port, **extra_env)
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [*CLI, "serve"], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(errors="replace")
-
-    def log_records(self) -> list[dict[str, Any]]:
-        records = []
-        for line in self.stdout_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                records.append(json.loads(line))
-        return records
+        super().__init__(database_url, directory, name, **{**SETTINGS, **extra_env})
 
     def workers(self) -> set[int]:
         return children(self.pid)
@@ -108,9 +70,6 @@ class ServeProcess:
 
         self.wait_until("/readyz 200", ready)
         return pids
-
-    def stop(self) -> None:
-        stop_process(self.proc)
 
 
 @contextlib.contextmanager

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,65 +12,28 @@ from typing import Any
 
 import httpx
 
-from tests.support.ports import free_port
-from tests.support.processes import stop_process
-from tests.support.settings import TEST_SECRET
+from tests.support.serveprocess import ServeProcess
 
-CLI = [sys.executable, "-m", "chat_api"]
 DB_TIMEOUT = 3.0  # CHAT_API_DB_TIMEOUT of every server the harness starts
 # A request during a fault must be answered within the database timeout plus this much.
 ANSWER_MARGIN = 2.0
 STARTUP_SECONDS = 30
 
 
-def server_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "DATABASE_URL_FILE") and not key.startswith("CHAT_API_")
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        CHAT_API_JWT_SECRET=TEST_SECRET,
-        CHAT_API_HOST="127.0.0.1",
-        CHAT_API_PORT=str(port),
-        CHAT_API_SEND_RATE_PER_SECOND="0",
-        CHAT_API_DB_TIMEOUT=str(DB_TIMEOUT),
-        CHAT_API_STREAM_HEARTBEAT_SECONDS="1",
-        CHAT_API_EVENT_PRUNE_INTERVAL_SECONDS="0",
-    )
-    env.update(extra)
-    return env
+# Every server the harness starts: no send limit (the faults come in bursts), the database timeout
+# the answers are bounded by, a heartbeat that shows a dead connection within a second.
+SETTINGS = {
+    "CHAT_API_SEND_RATE_PER_SECOND": "0",
+    "CHAT_API_DB_TIMEOUT": str(DB_TIMEOUT),
+    "CHAT_API_STREAM_HEARTBEAT_SECONDS": "1",
+}
 
 
-class ServerProcess:
-    """`python -m chat_api serve` on a free port; output goes to files (no pipe to fill up)."""
+class ServerProcess(ServeProcess):
+    """`python -m chat_api serve` on a free port that a fault test starts, SIGTERMs or kills."""
 
     def __init__(self, name: str, database_url: str, directory: Path, **extra_env: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.stdout_path = directory / f"{name}.stdout"
-        self.stderr_path = directory / f"{name}.stderr"
-        env = server_env(database_url, self.port, **extra_env)
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [*CLI, "serve"], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(errors="replace")
-
-    def log_records(self) -> list[dict[str, Any]]:
-        records = []
-        for line in self.stdout_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                records.append(json.loads(line))
-        return records
+        super().__init__(database_url, directory, name, **{**SETTINGS, **extra_env})
 
     def errors_logged(self) -> list[dict[str, Any]]:
         return [r for r in self.log_records() if r.get("level") in ("ERROR", "CRITICAL")]
@@ -116,9 +75,6 @@ class ServerProcess:
             if code is not None or time.monotonic() > deadline:
                 return code
             await asyncio.sleep(0.02)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
 
 
 class Servers:
