@@ -156,6 +156,28 @@ REQUIRED = {
 }
 
 
+# What each scenario must also carry in its `extra`, with how a missing one is named.
+REQUIRED_EXTRA: dict[str, dict[str, str]] = {
+    "1.": {
+        "floor_p99_ms": "floor p99",
+        "raw_insert_tps": "raw_insert_tps",
+        "raw_insert_ratio": "raw_insert_ratio",
+    },
+    "2.": {"floor_p99_ms": "floor p99"},
+    "3.": {},
+    "4.": {},
+    "5.": {},  # at_50 is nested: checked below
+    "6.": {"kib_per_stream": "memory per idle stream"},
+    "7.": {"idle_rss_mib": "idle RSS"},
+    "8.": {name: name for name in ("in_transaction_tps", "in_transaction_ratio", "floor_p99_ms")},
+    "9.": {"deliveries": "deliveries"},
+    "10.": {
+        name: name
+        for name in ("page_tps_1_worker", "page_tps_2_workers", "page_ratio", "page_cpu_ms_2_workers")
+    },
+}
+
+
 def problems(rows: list[dict[str, Any]]) -> list[str]:
     """What is missing from the rows of a results file, or went wrong in them."""
     found = []
@@ -164,36 +186,17 @@ def problems(rows: list[dict[str, Any]]) -> list[str]:
         if row is None:
             found.append(f"scenario {prefix} is missing")
             continue
+        extra = row.get("extra", {})
         found += [f"{row['scenario']}: no {name}" for name in fields if row.get(name) is None]
+        found += [
+            f"{prefix}: no {label}" for name, label in REQUIRED_EXTRA[prefix].items() if not extra.get(name)
+        ]
         if row.get("errors"):
             found.append(f"{row['scenario']}: {row['errors']} failed requests")
-    for prefix in ("1.", "2."):
-        row = next((r for r in rows if r["scenario"].startswith(prefix)), {})
-        if row and not row.get("extra", {}).get("floor_p99_ms"):
-            found.append(f"{prefix}: no floor p99")
-    one = next((r for r in rows if r["scenario"].startswith("1.")), {})
-    for name in ("raw_insert_tps", "raw_insert_ratio"):
-        if one and not one.get("extra", {}).get(name):
-            found.append(f"1.: no {name}")
-    eight = next((r for r in rows if r["scenario"].startswith("8.")), {})
-    for name in ("in_transaction_tps", "in_transaction_ratio", "floor_p99_ms"):
-        if eight and not eight.get("extra", {}).get(name):
-            found.append(f"8.: no {name}")
-    ten = next((r for r in rows if r["scenario"].startswith("10.")), {})
-    for name in ("page_tps_1_worker", "page_tps_2_workers", "page_ratio", "page_cpu_ms_2_workers"):
-        if ten and not ten.get("extra", {}).get(name):
-            found.append(f"10.: no {name}")
-    if ten and ten.get("extra", {}).get("page_errors"):
-        found.append(f"10.: {ten['extra']['page_errors']} failed page requests")
-    nine = next((r for r in rows if r["scenario"].startswith("9.")), {})
-    if nine and not nine.get("extra", {}).get("deliveries"):
-        found.append("9.: no deliveries")
-    six = next((r for r in rows if r["scenario"].startswith("6.")), {})
-    if not six.get("extra", {}).get("kib_per_stream"):
-        found.append("6.: no memory per idle stream")
-    seven = next((r for r in rows if r["scenario"].startswith("7.")), {})
-    if not seven.get("extra", {}).get("idle_rss_mib"):
-        found.append("7.: no idle RSS")
-    if len(seven.get("extra", {}).get("starts_ms", [])) != 3:
-        found.append("7.: not three timed starts")
+        if prefix == "5." and not extra.get("at_50", {}).get("p99_ms"):
+            found.append("5.: no run at 50 messages/s")
+        if prefix == "7." and len(extra.get("starts_ms", [])) != 3:
+            found.append("7.: not three timed starts")
+        if prefix == "10." and extra.get("page_errors"):
+            found.append(f"10.: {extra['page_errors']} failed page requests")
     return found
