@@ -49,6 +49,11 @@ class Listener:
                 return
 
 
+async def send_unrung(writer: asyncpg.Connection, room_id: uuid.UUID, sender: str, body: str) -> None:
+    """A send committed the way the service writes it (chat_send()), with no doorbell rung."""
+    await writer.fetchval(SEND, room_id, room_lock_key(room_id), sender, body, None, None, None)
+
+
 @pytest.fixture
 async def listener(database_url: str) -> AsyncIterator[Listener]:
     conn = await asyncpg.connect(database_url)
@@ -96,9 +101,7 @@ async def test_a_writer_that_commits_and_never_rings_still_reaches_streams_withi
         # A writer that died between its commit and its doorbell: chat_send() through SQL, no NOTIFY.
         writer = await asyncpg.connect(database_url)
         try:
-            await writer.fetchval(
-                SEND, room_id, room_lock_key(room_id), alice.name, "silent", None, None, None
-            )
+            await send_unrung(writer, room_id, alice.name, "silent")
             committed = time.monotonic()
         finally:
             await writer.close()
@@ -197,9 +200,7 @@ async def test_a_burst_of_doorbells_costs_a_bounded_number_of_reads_and_every_ev
             subscription, _ = await hub.subscribe(bob.name, room_id)
             reads, started = hub.reads, time.monotonic()
             for n in range(40):  # 40 commits, each with its doorbell
-                await writer.fetchval(
-                    SEND, room_id, room_lock_key(room_id), alice.name, f"burst {n}", None, None, None
-                )
+                await send_unrung(writer, room_id, alice.name, f"burst {n}")
                 hub.wake()
             got = await bodies(subscription, 40)
             elapsed, reads = time.monotonic() - started, hub.reads - reads
@@ -227,9 +228,7 @@ async def test_a_doorbell_during_the_gap_is_not_lost(
         async with running_hub(runtime_url) as hub:
             subscription, _ = await hub.subscribe(bob.name, room_id)
             for body in ("first", "in the gap"):
-                await writer.fetchval(
-                    SEND, room_id, room_lock_key(room_id), alice.name, body, None, None, None
-                )
+                await send_unrung(writer, room_id, alice.name, body)
                 hub.wake()
                 assert await bodies(subscription, 1) == [body]
     finally:
