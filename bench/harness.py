@@ -61,7 +61,13 @@ def raise_open_files_limit() -> None:
 @contextlib.contextmanager
 def postgres() -> Iterator[tuple[str, list[str]]]:
     """An admin URL and the pgbench connection arguments for it."""
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5432), timeout=1):
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        pass
+    else:
+        # Yielded outside the try: an OSError raised by the caller's block (wrk missing, a refused
+        # connection) is the caller's, not a reason to start the embedded PostgreSQL.
         yield (
             "postgresql://postgres@127.0.0.1:5432/postgres",
             ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"],
