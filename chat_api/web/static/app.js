@@ -878,6 +878,7 @@ async function sendReply() {
   area.value = "";
   area.focus();
   $("thread-error").textContent = "";
+  typingSent = { roomId: null, at: 0 };
   try {
     const reply = await sendWithRetry(
       api,
