@@ -935,13 +935,20 @@ function searchHit(message) {
   const where = document.createElement("span");
   where.className = "hit-where";
   where.textContent = room ? titleOf(room) : "a room";
-  const meta = document.createElement("span");
-  meta.className = "hit-meta";
-  meta.textContent = `${message.sender} · ${formatTime(message.created_at)}`;
+  const time = document.createElement("time");
+  time.className = "hit-time";
+  time.dateTime = message.created_at;
+  time.textContent = formatTime(message.created_at);
+  const sender = document.createElement("span");
+  sender.className = "hit-sender";
+  sender.textContent = `${message.sender}: `;
   const body = document.createElement("span");
   body.className = "hit-body";
   bodyContent(body, message);
-  hit.append(where, meta, body);
+  const line = document.createElement("span");
+  line.className = "hit-line";
+  line.append(sender, body);
+  hit.append(where, time, line);
   hit.addEventListener("click", () => jumpTo(message.room_id, message.seq));
   li.append(hit);
   return li;
@@ -1054,6 +1061,7 @@ function renderTyping() {
 
 const visible = new Set(); // seqs of others' messages now on screen in the active room
 let readTimer = null;
+let readPending = null; // the room whose read marker waits out the debounce
 
 const readObserver = new IntersectionObserver(
   (entries) => {
@@ -1071,8 +1079,18 @@ function noteRead() {
   const room = rooms.get(activeId);
   if (!room || document.visibilityState !== "visible" || visible.size === 0) return;
   room.readWanted = Math.max(room.readWanted, ...visible);
+  // One debounce timer: another room's marker still waiting (the reader moved on) goes now.
+  if (readPending && readPending !== room) flushRead();
+  readPending = room;
   clearTimeout(readTimer);
-  readTimer = setTimeout(() => sendRead(room), 300);
+  readTimer = setTimeout(flushRead, 300);
+}
+
+function flushRead() {
+  clearTimeout(readTimer);
+  const room = readPending;
+  readPending = null;
+  if (room && rooms.get(room.id) === room) sendRead(room);
 }
 
 async function sendRead(room) {
