@@ -297,8 +297,8 @@ async def test_reactions_threads_search_direct_messages_topic_mentions_and_typin
 
         # Reactions: a quick emoji adds one; the other side sees the count, each side highlights its
         # own; clicking your own takes it back.
-        def chip(person: Person, emoji: str) -> Any:
-            return person.message(root).locator(f'.reaction:not(.add)[data-emoji="{emoji}"]')
+        def chip(person: Person, emoji: str, text: str = root) -> Any:
+            return person.message(text).locator(f'.reaction:not(.add)[data-emoji="{emoji}"]')
 
         await bob.message(root).get_by_role("button", name="React with 👍").click()
         await expect(chip(bob, "👍")).to_have_text("👍 1")
@@ -323,6 +323,8 @@ async def test_reactions_threads_search_direct_messages_topic_mentions_and_typin
         await alice.say(salsa)
         await expect(bob.message(salsa).locator(".mention.me")).to_have_text(f"@{bob.name}")
         await expect(alice.message(salsa).locator(".mention")).to_have_text(f"@{bob.name}")
+        await bob.message(salsa).get_by_role("button", name="React with ❤️").click()  # two code points
+        await expect(chip(alice, "❤️", salsa)).to_have_text("❤️ 1")
         alice_http = httpx.AsyncClient(
             base_url=server.url, headers={"Authorization": f"Bearer {await alice.token()}"}, timeout=20
         )
@@ -425,6 +427,16 @@ async def test_reactions_threads_search_direct_messages_topic_mentions_and_typin
         await composer.press("Enter")
         await expect(bob.page.locator("#messages .body", has_text="on my way")).to_be_visible()
         await expect(typing).to_have_text("")
+
+        # A phone's width: the thread takes the whole screen, and closing it shows the room again.
+        await bob.page.set_viewport_size({"width": 390, "height": 720})
+        assert await bob.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        await expect(bob.page.locator("#thread-replies .body")).to_have_count(2)
+        await expect(bob.page.locator("#timeline")).to_be_hidden()
+        await expect(bob.page.locator("#room-list")).to_be_hidden()
+        await bob.page.get_by_role("button", name="Close the thread").click()
+        await expect(bob.page.locator("#thread")).to_be_hidden()
+        await expect(bob.message(salsa)).to_be_visible()
 
         for person in (alice, bob):
             assert not person.problems, person.problems
