@@ -124,11 +124,12 @@ $function$
 # Newest first over the caller's rooms (or one of them), keyset-paged by (created_at, room_id, seq);
 # p_limit rows at most. In two steps, each planned with its own words (EXECUTE: a prepared statement's
 # generic plan cannot tell a common word from a rare one):
-# 1. the newest messages of each room below the cursor, about 500 in all (`window` per room, at least
+# 1. the newest messages of each room below the cursor, about 200 in all (`window` per room, at least
 #    p_limit): where the words are common, the page is among them. `edge` is the newest of the rooms'
 #    oldest windowed messages: every message above it is in some window, so if p_limit matches are
 #    found above it, they are the page.
-# 2. otherwise each room's matches through the GIN index (its words and the room's word), merged.
+# 2. otherwise the matches in the rooms, through the GIN index in one scan: the words and any of the
+#    rooms' words.
 # Below the cursor, and above the edge, per room: a position (created_at, room_id, seq) compared within
 # one room is (created_at, seq) compared with a seq that stands for the room's place beside the
 # position's room (0 or the largest seq).
@@ -152,7 +153,7 @@ BEGIN
     IF rooms IS NULL OR numnode(words) = 0 THEN
         RETURN;
     END IF;
-    window_size := greatest(p_limit, 500 / cardinality(rooms));
+    window_size := greatest(p_limit, 200 / cardinality(rooms));
     EXECUTE $query$
         SELECT e.created_at, e.room_id, e.seq FROM unnest($1::uuid[]) AS r(id) CROSS JOIN LATERAL (
             SELECT m.created_at, m.room_id, m.seq FROM messages m
@@ -184,14 +185,12 @@ BEGIN
         RETURN;
     END IF;
     RETURN QUERY EXECUTE $query$
-        SELECT m.doc, m.created_at, m.room_id, m.seq FROM unnest($1::uuid[]) AS r(id) CROSS JOIN LATERAL (
-            SELECT m.doc, m.created_at, m.room_id, m.seq FROM messages m
-            WHERE m.search @@ ($2 && chat_room_word(r.id)::tsquery) AND NOT m.deleted
-              AND ($3::timestamptz IS NULL OR (m.created_at, m.seq) < ($3, CASE
-                    WHEN r.id < $4 THEN 9223372036854775807 WHEN r.id = $4 THEN $5 ELSE 0 END))
-            ORDER BY m.created_at DESC, m.seq DESC LIMIT $6
-        ) AS m ORDER BY m.created_at DESC, m.room_id DESC, m.seq DESC LIMIT $6
-    $query$ USING rooms, words, p_at, p_at_room, p_at_seq, p_limit;
+        SELECT m.doc, m.created_at, m.room_id, m.seq FROM messages m
+        WHERE m.search @@ ($1 && $2::tsquery) AND NOT m.deleted
+          AND ($3::timestamptz IS NULL OR (m.created_at, m.room_id, m.seq) < ($3, $4, $5))
+        ORDER BY m.created_at DESC, m.room_id DESC, m.seq DESC LIMIT $6
+    $query$ USING words, (SELECT string_agg(chat_room_word(id), ' | ') FROM unnest(rooms) AS id),
+                  p_at, p_at_room, p_at_seq, p_limit;
 END
 $function$
 """
