@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tests.support.problems import assert_problem
-from tests.support.servers import RunningServer
+from tests.support.servers import RunningServer, ServerFactory
 from tests.support.sse import open_stream
 from tests.support.users import User, UserFactory
 
@@ -164,3 +164,21 @@ async def test_user_ids_in_the_path_that_cannot_be_user_ids_are_refused(alice: U
         assert r.status_code in (404, 422), r.text
         assert_problem(r, r.status_code)
     assert len((await alice.http.get("/v1/rooms")).json()["items"]) == 1
+
+
+async def test_opening_dms_is_rate_limited_like_other_writes(
+    start_server: ServerFactory, make_user: UserFactory
+) -> None:
+    running = await start_server(rate_limits=True)
+    alice = make_user("alice", running.url)  # type: ignore[call-arg]
+    statuses: list[int] = []
+    for i in range(1000):
+        r = await dm(alice, f"{alice.name}-friend-{i}")
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            break
+    assert statuses[-1] == 429, "1000 new direct rooms in a burst, none refused"
+    assert len(statuses) > 5 and set(statuses[:-1]) == {201}, statuses
+    assert_problem(r, 429)
+    rooms = (await alice.http.get("/v1/rooms", params={"limit": 100})).json()["items"]
+    assert len(rooms) == len(statuses) - 1, "the refused one created nothing"

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests.support.problems import assert_problem
-from tests.support.servers import RunningServer
+from tests.support.servers import RunningServer, ServerFactory
 from tests.support.sse import open_stream
 from tests.support.users import User, UserFactory
 
@@ -331,3 +331,23 @@ async def test_unknown_messages_and_bad_paths(alice: User) -> None:
         assert_problem(r, r.status_code)
     for room_id in ("00000000-0000-0000-0000-000000000000", "not-a-uuid"):
         assert_problem(await react(alice, room_id, seq, "👍"), 404)
+
+
+async def test_reactions_are_rate_limited_like_other_writes(
+    start_server: ServerFactory, make_user: UserFactory
+) -> None:
+    running = await start_server(rate_limits=True)
+    alice, bob = make_user("alice", running.url), make_user("bob", running.url)  # type: ignore[call-arg]
+    room = await alice.create_room(members=[bob])
+    seq = (await alice.send(room["id"], "spam target")).json()["seq"]
+    statuses: list[int] = []
+    for i in range(1000):
+        r = await (react if i % 2 == 0 else unreact)(alice, room["id"], seq, "👍")
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            break
+    assert statuses[-1] == 429, "1000 reaction changes in a burst, none refused"
+    assert len(statuses) > 5 and set(statuses[:-1]) == {201, 204}, statuses
+    assert int(r.headers["retry-after"]) >= 1
+    assert_problem(r, 429)
+    assert (await react(bob, room["id"], seq, "👍")).status_code == 201, "another user's budget is their own"

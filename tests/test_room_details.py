@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from tests.support.problems import assert_problem
-from tests.support.servers import RunningServer
+from tests.support.servers import RunningServer, ServerFactory
 from tests.support.sse import open_stream
 from tests.support.users import User, UserFactory
 
@@ -143,3 +143,23 @@ async def test_concurrent_updates_each_take_a_seq(alice: User) -> None:
     assert seqs == list(range(room["last_seq"] + 1, room["last_seq"] + 11))
     final = (await alice.http.get(f"/v1/rooms/{room['id']}")).json()
     assert final["topic"] == next(r.json()["topic"] for r in results if r.json()["last_seq"] == seqs[-1])
+
+
+async def test_room_updates_are_rate_limited_like_other_writes(
+    start_server: ServerFactory, make_user: UserFactory
+) -> None:
+    running = await start_server(rate_limits=True)
+    alice = make_user("alice", running.url)  # type: ignore[call-arg]
+    room = await alice.create_room()
+    statuses: list[int] = []
+    for i in range(1000):
+        r = await patch(alice, room["id"], {"topic": f"topic {i}"})
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            break
+    assert statuses[-1] == 429, "1000 room updates in a burst, none refused"
+    assert len(statuses) > 5 and set(statuses[:-1]) == {200}, statuses
+    assert_problem(r, 429)
+    assert int(r.headers["retry-after"]) >= 1
+    shown = (await alice.http.get(f"/v1/rooms/{room['id']}")).json()
+    assert shown["topic"] == f"topic {len(statuses) - 2}", "the refused update changed nothing"
