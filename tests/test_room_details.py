@@ -18,6 +18,22 @@ async def patch(user: User, room_id: str, body: Any) -> httpx.Response:
     return await user.http.patch(f"/v1/rooms/{room_id}", json=body)
 
 
+ROOM_KEYS = {
+    "id", "name", "created_by", "created_at", "last_seq", "unread_count", "last_message",
+    "kind", "topic", "mention_count",
+}  # fmt: skip
+
+
+async def test_rooms_carry_kind_topic_and_mention_count(alice: User, bob: User) -> None:
+    room = await alice.create_room("shape", members=[bob])
+    assert set(room) == ROOM_KEYS | {"members"}
+    assert (room["kind"], room["topic"], room["mention_count"]) == ("group", None, 0)
+    assert set((await bob.http.get(f"/v1/rooms/{room['id']}")).json()) == ROOM_KEYS | {"members"}
+    [item] = (await bob.http.get("/v1/rooms")).json()["items"]
+    assert set(item) == ROOM_KEYS
+    assert (item["kind"], item["topic"], item["mention_count"]) == ("group", None, 0)
+
+
 async def test_owner_sets_topic_and_name_and_gets_the_room(alice: User, bob: User) -> None:
     room = await alice.create_room("before", members=[bob])
     assert room["topic"] is None

@@ -25,6 +25,32 @@ async def thread(user: User, room_id: str, root: int, **params: int) -> httpx.Re
     return await user.http.get(f"/v1/rooms/{room_id}/messages", params={"thread": root, **params})
 
 
+MESSAGE_KEYS = {
+    "id", "room_id", "seq", "sender", "body", "reply_to", "created_at", "edited_at", "deleted",
+    "thread_root", "reply_count", "last_reply_seq", "mentions", "reactions",
+}  # fmt: skip
+
+
+async def test_messages_carry_the_thread_mention_and_reaction_fields_everywhere(
+    alice: User, bob: User
+) -> None:
+    room = await alice.create_room(members=[bob])
+    rid = room["id"]
+    sent = (await alice.send(rid, "shape")).json()
+    assert set(sent) == MESSAGE_KEYS
+    assert (sent["mentions"], sent["reactions"]) == ([], [])
+    assert set(await message(bob, rid, sent["seq"])) == MESSAGE_KEYS
+    assert all(
+        set(m) == MESSAGE_KEYS for m in (await bob.http.get(f"/v1/rooms/{rid}/messages")).json()["items"]
+    )
+    item = next(r for r in (await bob.http.get("/v1/rooms")).json()["items"] if r["id"] == rid)
+    assert set(item["last_message"]) == MESSAGE_KEYS
+    assert (await alice.http.delete(f"/v1/rooms/{rid}/messages/{sent['seq']}")).status_code == 204
+    tombstone = await message(bob, rid, sent["seq"])
+    assert set(tombstone) == MESSAGE_KEYS
+    assert (tombstone["body"], tombstone["mentions"], tombstone["reactions"]) == (None, [], [])
+
+
 async def test_a_message_without_replies_has_no_thread(alice: User) -> None:
     room = await alice.create_room()
     sent = (await alice.send(room["id"], "alone")).json()
