@@ -30,6 +30,8 @@ from chat_api.events.pruner import prune_periodically
 from chat_api.events.router import router as events_router
 from chat_api.health.router import router as health_router
 from chat_api.messages.router import router as messages_router
+from chat_api.messages.search import router as search_router
+from chat_api.rooms.router import dms as dms_router
 from chat_api.rooms.router import router as rooms_router
 
 log = logging.getLogger("chat_api")
@@ -188,6 +190,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(rooms_router)
     app.include_router(messages_router)
+    app.include_router(dms_router)
+    app.include_router(search_router)
     app.include_router(events_router)
     if settings.web_client:
         from chat_api.web.router import install_web_client

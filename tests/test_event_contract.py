@@ -21,7 +21,9 @@ async def test_every_write_path_logs_the_contracts_kinds_and_envelopes(
     seq = (await alice.send(room, "hello")).json()["seq"]
     message = f"/v1/rooms/{room}/messages/{seq}"
     assert (await alice.http.patch(message, json={"body": "hi"})).status_code == 200
+    assert (await bob.http.put(f"{message}/reactions/%F0%9F%91%8D")).status_code == 201
     assert (await alice.http.delete(message)).status_code == 204
+    assert (await alice.http.patch(f"/v1/rooms/{room}", json={"topic": "t"})).status_code == 200
     assert (await alice.http.put(f"/v1/rooms/{room}/members/{carol.name}")).status_code == 201
     assert (await carol.http.delete(f"/v1/rooms/{room}/members/{carol.name}")).status_code == 204
     db = await asyncpg.connect(database_url)
@@ -33,7 +35,8 @@ async def test_every_write_path_logs_the_contracts_kinds_and_envelopes(
         function = await db.fetchval("SELECT pg_get_functiondef('chat_send'::regproc)")
     finally:
         await db.close()
-    assert sorted(row["kind"] for row in rows) == sorted(EventKind), rows  # each kind once
+    # Each kind once, and message.updated twice: an edit and a reaction.
+    assert sorted(row["kind"] for row in rows) == sorted([*EventKind, EventKind.MESSAGE_UPDATED]), rows
     for row in rows:
         kind = EventKind(row["kind"])
         data = orjson.loads(row["payload"])

@@ -26,10 +26,17 @@ async def test_sent_message_reads_back_identically(alice: User, bob: User) -> No
         "created_at",
         "edited_at",
         "deleted",
+        "thread_root",
+        "reply_count",
+        "last_reply_seq",
+        "mentions",
+        "reactions",
     }
     assert sent["body"] == "hello bob ✓" and sent["sender"] == alice.name and sent["room_id"] == room["id"]
     assert sent["deleted"] is False and sent["edited_at"] is None and sent["reply_to"] is None
     assert sent["created_at"].endswith("Z")
+    assert sent["thread_root"] is None and sent["reply_count"] == 0 and sent["last_reply_seq"] is None
+    assert sent["mentions"] == [] and sent["reactions"] == []
     one = await bob.http.get(f"/v1/rooms/{room['id']}/messages/{sent['seq']}")
     assert one.json() == sent
 

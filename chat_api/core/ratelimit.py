@@ -31,6 +31,9 @@ class Action(Enum):
     CHANGE_MEMBERS = "change_members"
     MARK_READ = "mark_read"
     OPEN_STREAM = "open_stream"
+    REACT = "react"
+    CHANGE_ROOM = "change_room"
+    TYPING = "typing"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ BUDGETS = {
     Action.CHANGE_MEMBERS: Budget(5, 30),
     Action.MARK_READ: Budget(10, 60),
     Action.OPEN_STREAM: Budget(1, 20),
+    Action.REACT: Budget(5, 30),
+    Action.CHANGE_ROOM: Budget(1, 20),
+    # A client sends one while its user types, every couple of seconds; the hubs forward at most one
+    # per user and room per 2 s anyway (events/typing.py).
+    Action.TYPING: Budget(2, 20),
 }
 
 WHAT = {
@@ -58,6 +66,9 @@ WHAT = {
     Action.CHANGE_MEMBERS: "membership changes",
     Action.MARK_READ: "read markers",
     Action.OPEN_STREAM: "stream opens",
+    Action.REACT: "reactions",
+    Action.CHANGE_ROOM: "room changes",
+    Action.TYPING: "typing notices",
 }
 
 

@@ -16,6 +16,7 @@ class EventKind(StrEnum):
     """The `event:` of a stream frame and the `kind` column of the log."""
 
     ROOM_CREATED = "room.created"
+    ROOM_UPDATED = "room.updated"
     MEMBER_ADDED = "member.added"
     MEMBER_REMOVED = "member.removed"
     MESSAGE_CREATED = "message.created"
@@ -27,6 +28,7 @@ class EventKind(StrEnum):
 # `room_id` and `seq` (the room's position of the change).
 OBJECT_KEY = {
     EventKind.ROOM_CREATED: "room",
+    EventKind.ROOM_UPDATED: "room",
     EventKind.MEMBER_ADDED: "member",
     EventKind.MEMBER_REMOVED: "member",
     EventKind.MESSAGE_CREATED: "message",
@@ -38,6 +40,12 @@ MEMBERSHIP = frozenset({EventKind.MEMBER_ADDED, EventKind.MEMBER_REMOVED})
 
 # The doorbell: a NOTIFY on this channel (no payload) tells every hub to read the log.
 NOTIFY_CHANNEL = "chat_events"
+# Typing (SPEC §8): ephemeral, never in the log. A NOTIFY on this channel carries the frame's `data:`
+# JSON ({"room_id", "user_id", "expires_at"}) to every replica's hub, which forwards it to the room's
+# other members' streams, each user and room at most once per TYPING_EVERY_SECONDS.
+TYPING_CHANNEL = "chat_typing"
+TYPING_EVERY_SECONDS = 2.0
+TYPING_LASTS_SECONDS = 5.0
 # Operators' orders to every replica's hub (`chat-api revoke-streams`); the payload is a user id.
 CONTROL_CHANNEL = "chat_control"
 

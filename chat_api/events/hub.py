@@ -25,7 +25,14 @@ from opentelemetry.trace import NoOpTracer, Tracer
 from chat_api.core.config import Settings
 from chat_api.core.db import SERVER_SETTINGS, Database
 from chat_api.core.directbody import DirectBody
-from chat_api.events.contract import CONTROL_CHANNEL, NOTIFY_CHANNEL, EventKind, joined_by_room_created
+from chat_api.events import typing
+from chat_api.events.contract import (
+    CONTROL_CHANNEL,
+    NOTIFY_CHANNEL,
+    TYPING_CHANNEL,
+    EventKind,
+    joined_by_room_created,
+)
 from chat_api.events.cursor import Cursor
 from chat_api.events.reader import EVENT_COLUMNS, HORIZON_SQL, Event
 
@@ -225,6 +232,9 @@ class Hub:
         self.delivered = 0
         self.reads = 0  # wake-ups that read the log
         self._held: list[Subscription] = []  # streams holding frames of the burst being fanned out
+        # Typing notices (events/typing.py): this process's NOTIFYs, and the notices forwarded here.
+        self.typing_sent = typing.Throttle()
+        self.typing_forwarded = typing.Throttle()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -453,6 +463,7 @@ class Hub:
             conn = await asyncpg.connect(**target.connect_kwargs(), server_settings=dict(LISTEN_SETTINGS))
             await conn.add_listener(NOTIFY_CHANNEL, self._ring)
             await conn.add_listener(CONTROL_CHANNEL, self._control)
+            await conn.add_listener(TYPING_CHANNEL, self._typing)
         conn.add_termination_listener(self._on_terminated)
         self._conn = conn
         return conn
@@ -467,6 +478,29 @@ class Hub:
     def _control(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         ended = self.revoke(payload)
         log.info("revoke-streams: ended %d open stream(s) of one user in this process", ended)
+
+    def _typing(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        try:
+            notice = orjson.loads(payload)
+            user, room = notice["user_id"], uuid.UUID(notice["room_id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("typing notice ignored: not one this service sends")
+            return
+        self.forward_typing(user, room, payload)
+
+    def forward_typing(self, user: str, room: uuid.UUID, data: str) -> None:
+        """Offers a typing frame (no position) to the room's other members' streams, unless this
+        user's typing in this room was forwarded less than TYPING_EVERY_SECONDS ago."""
+        members = self.users_in.get(room)
+        if not members or not self.typing_forwarded.passes((user, room)):
+            return
+        item = (None, typing.frame(data))
+        for member in members:
+            if member == user:
+                continue
+            for subscription in self.by_user.get(member, ()):
+                if subscription.room_id is None or subscription.room_id == room:
+                    subscription.offer(item)
 
     def _on_terminated(self, *args: Any) -> None:
         self._wake.set()  # the next read fails and _run reconnects

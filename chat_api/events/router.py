@@ -8,20 +8,22 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from chat_api.auth.dependencies import StreamUser
+from chat_api.auth.dependencies import CurrentUser, StreamUser
 from chat_api.core.config import AppSettings
 from chat_api.core.db import DatabaseDep, DatabaseUnavailable
 from chat_api.core.directbody import DIRECT_BODY
 from chat_api.core.errors import NotAMember, Problem, problem_responses
-from chat_api.core.paths import parse_room_id
+from chat_api.core.paths import RoomId, parse_room_id
 from chat_api.core.ratelimit import Action, RateLimitsDep
+from chat_api.events.contract import TYPING_CHANNEL
 from chat_api.events.cursor import Cursor, MalformedCursor
 from chat_api.events.hub import END, HubDep, ShuttingDown, Subscription, TooManyStreams
 from chat_api.events.reader import check_cursor, replay, reset_frame
+from chat_api.events.typing import notice
 
 router = APIRouter(tags=["events"])
 log = logging.getLogger("chat_api.events")
@@ -30,6 +32,9 @@ REPLAY_BATCH = 500
 RETRY_ADVICE_MS = 2000
 STREAM_HEADERS = {"X-Accel-Buffering": "no"}  # Cache-Control: no-store comes with every /v1 answer
 _IS_MEMBER = "SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2"
+_NOTIFY_IF_MEMBER = (
+    f"SELECT 1, pg_notify('{TYPING_CHANNEL}', $3) FROM members WHERE room_id = $1 AND user_id = $2"
+)
 
 STREAM_DOC = """Server-sent events for every change you may see, in log order (per room in increasing
 `seq`). Frames: `id: <cursor>`, `event: <type>`, `data: {"room_id", "seq", "message"|"member"|"room"}`.
@@ -183,3 +188,23 @@ async def _stream(
                 frames.append(frame)
         if frames:
             yield b"".join(frames)
+
+
+@router.post(
+    "/v1/rooms/{room_id}/typing", status_code=204, responses=problem_responses(401, 404, 422, 429, 431, 503)
+)
+async def typing(
+    room_id: RoomId, user: CurrentUser, db: DatabaseDep, hub: HubDep, limits: RateLimitsDep
+) -> Response:
+    """Tell the room's other members you are typing: `event: typing` on their streams (no `id:`, never
+    stored or replayed), at most once per 2 s per user and room; calls in between answer 204 too."""
+    limits.check(Action.TYPING, user)
+    async with db.connection() as conn:
+        if hub.typing_sent.passes((user, room_id)):
+            # Membership and the NOTIFY in one statement: an outsider's notice is never sent.
+            member = await conn.fetchval(_NOTIFY_IF_MEMBER, room_id, user, notice(room_id, user))
+        else:
+            member = await conn.fetchval(_IS_MEMBER, room_id, user)
+    if member is None:
+        raise NotAMember
+    return Response(status_code=204)

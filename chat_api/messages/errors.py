@@ -22,8 +22,13 @@ class MessageDeleted(DomainError):
     status = 409
     kind = "message-deleted"
 
-    def __init__(self) -> None:
-        super().__init__("A deleted message cannot be edited.")
+
+class TooManyReactions(DomainError):
+    status = 422
+    kind = "too-many-reactions"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"A message has at most {limit} different reactions; add to one of them instead.")
 
 
 class IdempotencyKeyReused(DomainError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
+import emoji as emoji_data
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from chat_api.auth.dependencies import CurrentUser
@@ -22,6 +24,7 @@ router = APIRouter(
 
 Seq = Annotated[int, Path(ge=1, le=MAX_SEQ)]
 JSON = "application/json"
+SHORTCODE = re.compile(r"[a-z0-9_+-]{1,32}")
 
 
 def _check_length(body: str, settings: Settings) -> None:
@@ -74,11 +77,15 @@ async def history(
     after: Annotated[
         int | None, Query(ge=0, le=MAX_SEQ, description="Oldest messages with seq > after")
     ] = None,
+    thread: Annotated[
+        int | None, Query(ge=1, le=MAX_SEQ, description="Only the replies of the thread with this root seq")
+    ] = None,
 ) -> Response:
-    """A page of history in ascending seq: the newest, or before / after a seq."""
+    """A page of history in ascending seq: the newest, or before / after a seq; of one thread's
+    replies with `thread`."""
     if before is not None and after is not None:
         raise Problem(422, "Give before or after, not both.", kind="validation")
-    page = await service.history(db, room_id, user, limit, before, after)
+    page = await service.history(db, room_id, user, limit, before, after, thread)
     return Response(page.json(), media_type=JSON)
 
 
@@ -121,4 +128,45 @@ async def mark_read(
     """Move your read marker forward (never back; clamped to the room's last_seq)."""
     limits.check(Action.MARK_READ, user)
     await service.mark_read(db, room_id, user, marker.seq)
+    return Response(status_code=204)
+
+
+def _reaction(raw: str) -> str:
+    """The `{emoji}` of a reaction's path: one emoji (a whole grapheme cluster: a ZWJ sequence, a skin
+    tone, a flag) by Unicode's list, or a shortcode."""
+    if SHORTCODE.fullmatch(raw) or emoji_data.is_emoji(raw):
+        return raw
+    raise Problem(422, "emoji: one emoji, or a shortcode of 1-32 of a-z 0-9 _ + -.", kind="validation")
+
+
+Emoji = Annotated[str, Path(max_length=64, description="One emoji (percent-encoded) or a shortcode")]
+
+
+@router.put(
+    "/messages/{seq}/reactions/{emoji}",
+    status_code=201,
+    response_model=Message,
+    responses={
+        200: {"model": Message, "description": "You had already reacted so"},
+        **problem_responses(409, 429),
+    },
+)
+async def add_reaction(
+    room_id: RoomId, seq: Seq, emoji: Emoji, user: CurrentUser, db: DatabaseDep, limits: RateLimitsDep
+) -> Response:
+    """React to a message: 201 with the message when added, 200 when you had already reacted so."""
+    reaction = _reaction(emoji)
+    limits.check(Action.REACT, user)
+    reacted = await service.add_reaction(db, room_id, user, seq, reaction)
+    return Response(reacted.json, status_code=201 if reacted.added else 200, media_type=JSON)
+
+
+@router.delete("/messages/{seq}/reactions/{emoji}", status_code=204, responses=problem_responses(409, 429))
+async def remove_reaction(
+    room_id: RoomId, seq: Seq, emoji: Emoji, user: CurrentUser, db: DatabaseDep, limits: RateLimitsDep
+) -> Response:
+    """Take your reaction back (204 also when there was none)."""
+    reaction = _reaction(emoji)
+    limits.check(Action.REACT, user)
+    await service.remove_reaction(db, room_id, user, seq, reaction)
     return Response(status_code=204)

@@ -1,4 +1,5 @@
-"""Messages: send (idempotent), history pages, one message, edit, delete, read markers.
+"""Messages: send (idempotent), history and thread pages, one message, edit, delete, reactions, read
+markers.
 
 A message's JSON, in the one shape clients get everywhere (REST answers and the event stream
 alike), is written by PostgreSQL with the row (messages.doc, migration 0004) and handed through as
@@ -24,6 +25,7 @@ from chat_api.messages.errors import (
     NoSuchMessage,
     NoSuchReplyTarget,
     NotAllowed,
+    TooManyReactions,
 )
 
 # A send is one call of the database function chat_send() (migration 0003), on its own: it takes the
@@ -58,6 +60,22 @@ _PAGES = {
     "before": _PAGE.format(where="AND m.seq < $4", order="DESC"),
     "after": _PAGE.format(where="AND m.seq > $4", order="ASC"),
 }
+# A page of a thread's replies (index on room_id, thread_root, seq): as a history page, plus whether
+# the root is a message of the room; no row means not a member. $5: the root's seq ($4 unused when
+# there is no before/after: NULL).
+_THREAD_PAGE = """
+SELECT root.found, page.j FROM (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member
+CROSS JOIN (SELECT EXISTS (SELECT 1 FROM messages WHERE room_id = $1 AND seq = $5) AS found) AS root
+LEFT JOIN LATERAL (
+    SELECT m.doc AS j FROM messages m
+    WHERE m.room_id = $1 AND m.thread_root = $5 {where} ORDER BY m.seq {order} LIMIT $3
+) AS page ON true
+"""
+_THREAD_PAGES = {
+    "newest": _THREAD_PAGE.format(where="AND $4::bigint IS NULL", order="DESC"),
+    "before": _THREAD_PAGE.format(where="AND m.seq < $4", order="DESC"),
+    "after": _THREAD_PAGE.format(where="AND m.seq > $4", order="ASC"),
+}
 
 _ONE = """
 SELECT one.j FROM (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS member
@@ -65,6 +83,8 @@ LEFT JOIN LATERAL (
     SELECT m.doc AS j FROM messages m WHERE m.room_id = $1 AND m.seq = $3
 ) AS one ON true
 """
+
+_DOC = "SELECT doc FROM messages WHERE room_id = $1 AND seq = $2"
 
 _TARGET = """
 SELECT mem.role, m.sender, m.deleted
@@ -93,7 +113,32 @@ def _change(assignments: str, kind: EventKind) -> str:
 
 
 _EDIT = _change("body = $3, edited_at = now()", EventKind.MESSAGE_UPDATED)
-_DELETE = _change("body = NULL, deleted = true", EventKind.MESSAGE_DELETED)
+# A tombstone keeps nothing of what was said: no body, no mentions (the trigger), no reactions.
+_DELETE = _change("body = NULL, deleted = true, reactions = '[]'", EventKind.MESSAGE_DELETED)
+_DELETE_REACTIONS = "DELETE FROM reactions WHERE room_id = $1 AND seq = $2"
+
+# Reactions: the rows, then the message's summary of them (messages.reactions, in its doc), in order
+# of each emoji's first use, each emoji's users in order of reacting (the first 50) and their count.
+MAX_DISTINCT_REACTIONS = 20
+MAX_LISTED_REACTORS = 50
+_REACTION_STATE = """
+SELECT count(DISTINCT emoji) AS emojis, bool_or(emoji = $3) AS emoji_used,
+       bool_or(emoji = $3 AND user_id = $4) AS mine
+FROM reactions WHERE room_id = $1 AND seq = $2
+"""
+_ADD_REACTION = "INSERT INTO reactions (room_id, seq, emoji, user_id) VALUES ($1, $2, $3, $4)"
+_REMOVE_REACTION = (
+    "DELETE FROM reactions WHERE room_id = $1 AND seq = $2 AND emoji = $3 AND user_id = $4 RETURNING 1"
+)
+_RECOUNT = _change(
+    f"""reactions = (
+        SELECT coalesce(json_agg(json_build_object('emoji', g.emoji, 'count', g.n, 'users', g.users)
+                                 ORDER BY g.first), '[]')
+        FROM (SELECT emoji, count(*) AS n, min(id) AS first,
+                     (array_agg(user_id ORDER BY id))[1:{MAX_LISTED_REACTORS}] AS users
+              FROM reactions WHERE room_id = $1 AND seq = $2 GROUP BY emoji) AS g)""",
+    EventKind.MESSAGE_UPDATED,
+)
 
 _MARK_READ = """
 UPDATE members SET last_read_seq = GREATEST(members.last_read_seq, LEAST($3, r.last_seq))
@@ -168,8 +213,15 @@ class Page:
 
 
 async def history(
-    db: Database, room_id: uuid.UUID, user: str, limit: int, before: int | None, after: int | None
+    db: Database,
+    room_id: uuid.UUID,
+    user: str,
+    limit: int,
+    before: int | None,
+    after: int | None,
+    thread: int | None = None,
 ) -> Page:
+    """A page of the room's history, or of the replies of the thread whose root is `thread`."""
     args: tuple[object, ...] = (room_id, user, limit + 1)
     if after is not None:
         direction, args = "after", (*args, after)
@@ -177,11 +229,19 @@ async def history(
         direction, args = "before", (*args, before)
     else:
         direction = "newest"
+    if thread is not None:
+        if direction == "newest":
+            args = (*args, None)
+        statement, args = _THREAD_PAGES[direction], (*args, thread)
+    else:
+        statement = _PAGES[direction]
     async with db.connection() as conn:
-        rows = await conn.fetch(_PAGES[direction], *args)
+        rows = await conn.fetch(statement, *args)
     if not rows:
         raise NotAMember
-    items = [row[0] for row in rows if row[0] is not None]
+    if thread is not None and not rows[0]["found"]:
+        raise NoSuchMessage
+    items = [row["j"] for row in rows if row["j"] is not None]
     has_more = len(items) > limit
     items = items[:limit]
     if direction != "after":
@@ -216,7 +276,7 @@ async def edit(db: Database, room_id: uuid.UUID, user: str, seq: int, body: str)
         if target["sender"] != user:
             raise NotAllowed("Only the sender can edit a message.")
         if target["deleted"]:
-            raise MessageDeleted
+            raise MessageDeleted("A deleted message cannot be edited.")
         edited = str(await conn.fetchval(_EDIT, room_id, seq, body))
     db.committed()
     return edited
@@ -229,8 +289,45 @@ async def delete(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:
             raise NotAllowed("Only the sender or the room's owner can delete a message.")
         if target["deleted"]:
             return  # already a tombstone: deleting again changes nothing
+        await conn.execute(_DELETE_REACTIONS, room_id, seq)
         await conn.execute(_DELETE, room_id, seq)
     db.committed()
+
+
+@dataclass(frozen=True)
+class Reacted:
+    json: str  # the message, as JSON text
+    added: bool  # False: the caller had already reacted so, nothing changed
+
+
+async def add_reaction(db: Database, room_id: uuid.UUID, user: str, seq: int, emoji: str) -> Reacted:
+    async with db.transaction() as conn:
+        await _reactable(conn, room_id, user, seq)
+        state = await conn.fetchrow(_REACTION_STATE, room_id, seq, emoji, user)
+        if state["mine"]:
+            return Reacted(json=str(await conn.fetchval(_DOC, room_id, seq)), added=False)
+        if not state["emoji_used"] and state["emojis"] >= MAX_DISTINCT_REACTIONS:
+            raise TooManyReactions(MAX_DISTINCT_REACTIONS)
+        await conn.execute(_ADD_REACTION, room_id, seq, emoji, user)
+        reacted = str(await conn.fetchval(_RECOUNT, room_id, seq))
+    db.committed()
+    return Reacted(json=reacted, added=True)
+
+
+async def remove_reaction(db: Database, room_id: uuid.UUID, user: str, seq: int, emoji: str) -> None:
+    async with db.transaction() as conn:
+        await _reactable(conn, room_id, user, seq)
+        if await conn.fetchval(_REMOVE_REACTION, room_id, seq, emoji, user) is None:
+            return  # there was none: nothing changes
+        await conn.execute(_RECOUNT, room_id, seq)
+    db.committed()
+
+
+async def _reactable(conn: asyncpg.Connection, room_id: uuid.UUID, user: str, seq: int) -> None:
+    """Takes the room lock; 404 for outsiders and unknown messages, 409 for a tombstone."""
+    target = await _locked_target(conn, room_id, user, seq)
+    if target["deleted"]:
+        raise MessageDeleted("A deleted message has no reactions.")
 
 
 async def mark_read(db: Database, room_id: uuid.UUID, user: str, seq: int) -> None:

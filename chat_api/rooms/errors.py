@@ -40,3 +40,18 @@ class MalformedPageCursor(DomainError):
 
     def __init__(self) -> None:
         super().__init__("cursor: not a cursor this service handed out.")
+
+
+class DirectRoomFixed(DomainError):
+    """A direct room's members and name are those of its pair, for good."""
+
+    status = 409
+    kind = "direct-room"
+
+
+class DirectWithYourself(DomainError):
+    status = 422
+    kind = "validation"
+
+    def __init__(self) -> None:
+        super().__init__("user_id: a direct room is between you and someone else.")

@@ -13,6 +13,11 @@ from chat_api.core.schema import Base
 
 class Room(Base):
     __tablename__ = "rooms"
+    __table_args__ = (
+        CheckConstraint("kind IN ('group', 'direct')", name="kind"),
+        # A direct room's two users, in order: one room per pair, whoever asks first (migration 0008).
+        Index(None, "dm_low", "dm_high", unique=True),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(Text)
@@ -23,6 +28,10 @@ class Room(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # Newest message or membership change: the order of GET /v1/rooms.
     activity_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    kind: Mapped[str] = mapped_column(Text, server_default="group")
+    topic: Mapped[str | None] = mapped_column(Text)
+    dm_low: Mapped[str | None] = mapped_column(Text)
+    dm_high: Mapped[str | None] = mapped_column(Text)
 
 
 class Member(Base):

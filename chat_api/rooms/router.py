@@ -8,11 +8,11 @@ from fastapi import APIRouter, Path, Query, Response
 
 from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.db import DatabaseDep
-from chat_api.core.errors import problem_responses
+from chat_api.core.errors import Problem, problem_responses
 from chat_api.core.paths import RoomId
 from chat_api.core.ratelimit import Action, RateLimitsDep
 from chat_api.rooms import service
-from chat_api.rooms.schemas import Member, NewRoom, RoomDetail, RoomPage, UserId
+from chat_api.rooms.schemas import Member, NewRoom, RoomChange, RoomDetail, RoomPage, UserId
 
 router = APIRouter(prefix="/v1/rooms", tags=["rooms"], responses=problem_responses(401, 422, 431, 503))
 
@@ -41,6 +41,22 @@ async def list_rooms(
 async def get_room(room_id: RoomId, user: CurrentUser, db: DatabaseDep) -> RoomDetail:
     """One of your rooms, with its members."""
     return await service.get_room(db, room_id, user)
+
+
+@router.patch(
+    "/{room_id}", response_model=RoomDetail, responses=problem_responses(400, 403, 404, 409, 413, 429)
+)
+async def change_room(
+    room_id: RoomId, change: RoomChange, user: CurrentUser, db: DatabaseDep, limits: RateLimitsDep
+) -> RoomDetail:
+    """Rename the room or set its topic (owner): emits `room.updated` with the room."""
+    given = change.model_fields_set
+    if not given:
+        raise Problem(422, "Give name, topic or both.", kind="validation")
+    if "name" in given and change.name is None:
+        raise Problem(422, "name: a room always has a name.", kind="validation")
+    limits.check(Action.CHANGE_ROOM, user)
+    return await service.change_room(db, room_id, user, change)
 
 
 @router.put(
@@ -80,3 +96,27 @@ async def remove_member(
     limits.check(Action.CHANGE_MEMBERS, user)
     await service.remove_member(db, room_id, user, user_id, stay_out=stay_out)
     return Response(status_code=204)
+
+
+dms = APIRouter(prefix="/v1/dms", tags=["rooms"], responses=problem_responses(401, 422, 431, 503))
+
+
+@dms.put(
+    "/{user_id}",
+    response_model=RoomDetail,
+    status_code=201,
+    responses={200: {"model": RoomDetail, "description": "It exists"}, **problem_responses(429)},
+)
+async def open_direct(
+    user_id: Annotated[UserId, Path()],
+    user: CurrentUser,
+    db: DatabaseDep,
+    limits: RateLimitsDep,
+    response: Response,
+) -> RoomDetail:
+    """Your one direct room with `user_id`: 201 when created now, 200 when it exists."""
+    limits.check(Action.CREATE_ROOM, user)
+    room, created = await service.open_direct(db, user, user_id)
+    if not created:
+        response.status_code = 200
+    return room

@@ -21,6 +21,13 @@ class NewRoom(BaseModel):
     members: list[UserId] = Field(default_factory=list, max_length=MAX_INITIAL_MEMBERS)
 
 
+class RoomChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StorableText | None = Field(None, min_length=1, max_length=200)
+    topic: StorableText | None = Field(None, max_length=1000, description="null clears it")
+
+
 class Member(BaseModel):
     user_id: str
     role: Literal["owner", "member"]
@@ -29,11 +36,14 @@ class Member(BaseModel):
 
 class Room(BaseModel):
     id: uuid.UUID
+    kind: Literal["group", "direct"] = Field(description="direct: the one room of two users (PUT /v1/dms)")
     name: str
+    topic: str | None
     created_by: str
     created_at: Timestamp
     last_seq: int = Field(description="The room's newest seq (messages, edits, deletes, membership changes).")
     unread_count: int = Field(description="Messages of others after your read marker, not deleted (capped).")
+    mention_count: int = Field(description="Of those, the ones that mention you (capped the same way).")
     last_message: Message | None
 
 
