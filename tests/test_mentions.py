@@ -141,3 +141,17 @@ async def test_concurrent_mentions_are_all_counted(alice: User, make_user: UserF
     results = await asyncio.gather(*[u.send(room["id"], f"hey @{alice.name}") for u in others])
     assert all(r.status_code == 201 and r.json()["mentions"] == [alice.name] for r in results)
     assert (await listed(alice, room["id"]))["mention_count"] == 10
+
+
+async def test_mention_count_is_capped_like_unread_count(alice: User, bob: User) -> None:
+    room = await alice.create_room(members=[bob])
+    rid = room["id"]
+    for start in range(0, 1005, 25):
+        batch = [alice.send(rid, f"@{bob.name} ping {i}") for i in range(start, min(start + 25, 1005))]
+        assert all(r.status_code == 201 for r in await asyncio.gather(*batch))
+    item = await listed(bob, rid)
+    assert item["unread_count"] == 1000, "the cap of unread_count"
+    assert item["mention_count"] == 1000, "capped the same way"
+    last = (await alice.http.get(f"/v1/rooms/{rid}")).json()["last_seq"]
+    assert (await bob.http.post(f"/v1/rooms/{rid}/read", json={"seq": last - 3})).status_code == 204
+    assert (await listed(bob, rid))["mention_count"] == 3

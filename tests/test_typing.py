@@ -166,7 +166,7 @@ async def test_typing_reaches_a_stream_on_another_server_process(
             open_stream(b.url, bob.token, room_id=rid) as bob_on_b,
             open_stream(b.url, alice.token, room_id=rid) as alice_on_b,
         ):
-            sent_at = datetime.now(UTC)
+            sent_at, first_at = datetime.now(UTC), time.monotonic()
             assert (await typing(alice, rid)).status_code == 204
             [frame] = await bob_on_b.wait_for(1, "typing")
             assert_typing_frame(frame, rid, alice.name, sent_at)
@@ -175,9 +175,16 @@ async def test_typing_reaches_a_stream_on_another_server_process(
                 assert (await typing(bob, rid)).status_code == 204
                 [back] = await alice_on_a.wait_for(1, "typing")
                 assert back.data["user_id"] == bob.name and back.id is None
+            # Alice's next call inside the window reaches the other process: still not forwarded again.
+            alice_via_b = User(alice.name, b.url)
+            try:
+                assert (await typing(alice_via_b, rid)).status_code == 204
+            finally:
+                await alice_via_b.http.aclose()
+            assert time.monotonic() - first_at < WINDOW - 0.2, "the test itself was too slow"
             await settle(alice_on_b, bob, rid)
         assert [f.data["user_id"] for f in alice_on_b.of("typing")] == [bob.name]
-        assert [f.data["user_id"] for f in bob_on_b.of("typing")] == [alice.name], "not the typer's own"
+        assert [f.data["user_id"] for f in bob_on_b.of("typing")] == [alice.name], "once per 2 s, not own"
 
 
 async def test_typing_is_rate_limited_like_other_writes(
