@@ -130,7 +130,7 @@ async def test_room_updated_reaches_members_with_the_room(
         await asyncio.sleep(0.2)
     for stream in (bob_stream, bob_room_stream):
         frames = stream.of("room.updated")
-        assert [f.event for f in stream.frames] == ["room.updated", "room.updated"]
+        assert [f.event for f in stream.after(room["last_seq"])] == ["room.updated", "room.updated"]
         assert all(f.id for f in frames), "room.updated is in the event log: resumable"
         first, second = (f.data for f in frames)
         assert first["room_id"] == room["id"] and first["seq"] == updated["last_seq"]

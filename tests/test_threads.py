@@ -122,13 +122,13 @@ async def test_a_reply_is_streamed_with_its_thread_root_and_no_extra_event_for_t
     async with open_stream(server.url, bob.token, room_id=rid) as stream:
         reply = (await alice.send(rid, "reply", reply_to=root["seq"])).json()
         marker = (await alice.send(rid, "marker")).json()
-        await stream.wait_for(2, "message.created")
+        await stream.wait_until(lambda: len(stream.after(root["seq"])) >= 2)
         await asyncio.sleep(0.2)
-    assert [(f.event, f.data["message"]) for f in stream.frames] == [
+    assert [(f.event, f.data["message"]) for f in stream.after(root["seq"])] == [
         ("message.created", reply),
         ("message.created", marker),
     ]
-    assert stream.frames[0].data["message"]["thread_root"] == root["seq"]
+    assert reply["thread_root"] == root["seq"] and marker["seq"] == reply["seq"] + 1
 
 
 async def test_thread_listing_pages_the_replies_like_history(alice: User, bob: User) -> None:
