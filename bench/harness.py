@@ -34,6 +34,25 @@ SPREAD_ROOMS = 100
 CONNECTIONS = 16
 BODY = "benchmark message with a little text in it"
 
+# The search scenario's data (seed_search): a user who is a member of SEARCH_MEMBER_ROOMS of
+# SEARCH_ROOMS rooms of equal size, the messages interleaved over the rooms one second apart;
+# COMMON_WORD in every other message of each room, RARE_WORD in RARE_PER_ROOM messages of each room
+# (spread over its history), and a few ordinary words from SEARCH_VOCABULARY in every message.
+SEARCH_USER = "bench-searcher"
+SEARCH_ROOMS = 10
+SEARCH_MEMBER_ROOMS = 3
+SEARCH_FIRST_ROOM = 1001  # room_uuid(1001...): clear of the other scenarios' rooms
+COMMON_WORD = "deploy"
+RARE_WORD = "quokka"
+RARE_PER_ROOM = 4
+SEARCH_CHUNK = 100_000  # messages per INSERT statement (each its own transaction)
+SEARCH_VOCABULARY = (
+    "alpha", "build", "cache", "check", "client", "commit", "config", "data", "debug", "docker",
+    "error", "fix", "green", "hello", "issue", "lunch", "merge", "meeting", "metrics", "monday",
+    "network", "notes", "page", "patch", "plan", "please", "queue", "ready", "release", "review",
+    "roll", "server", "staging", "team", "test", "thanks", "ticket", "today", "update", "version",
+)  # fmt: skip
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -45,9 +64,9 @@ def room_uuid(n: int) -> str:
     return f"00000000-0000-0000-0000-{n:012d}"
 
 
-def user_token() -> str:
-    """The benchmark user's bearer token (the seed makes it the owner of every room)."""
-    return mint_token(SECRET, USER, 24 * 3600)
+def user_token(user: str = USER) -> str:
+    """The benchmark user's bearer token (the seed makes it the owner of every room), or `user`'s."""
+    return mint_token(SECRET, user, 24 * 3600)
 
 
 def raise_open_files_limit() -> None:
@@ -61,7 +80,13 @@ def raise_open_files_limit() -> None:
 @contextlib.contextmanager
 def postgres() -> Iterator[tuple[str, list[str]]]:
     """An admin URL and the pgbench connection arguments for it."""
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5432), timeout=1):
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        pass
+    else:
+        # Yielded outside the try: an OSError raised by the caller's block (wrk missing, a refused
+        # connection) is the caller's, not a reason to start the embedded PostgreSQL.
         yield (
             "postgresql://postgres@127.0.0.1:5432/postgres",
             ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"],
@@ -135,15 +160,89 @@ async def seed(database_url: str, depth_messages: int) -> dict[str, Any]:
     return {"page_room": page_room, "deep_room": deep_room, "deep_last_seq": depth_messages + 1}
 
 
+async def seed_search(database_url: str, messages: int) -> dict[str, Any]:
+    """The search scenario's rooms and `messages` messages, bulk-loaded with SQL into the real
+    schema (the messages' trigger writes what a send would: doc, and the search vector and mentions
+    where the schema has them); vacuumed, analysed and checkpointed like seed(). SEARCH_USER is a
+    member of the first SEARCH_MEMBER_ROOMS rooms, USER the owner of all of them. Message n (from 0)
+    goes into room n % SEARCH_ROOMS, at seq n // SEARCH_ROOMS + 1, one second after message n - 1;
+    the newest is a second old. Returns the rooms and what a search must find."""
+    per_room = messages // SEARCH_ROOMS
+    messages = per_room * SEARCH_ROOMS
+    rare_every = max(1, per_room // RARE_PER_ROOM)
+    rooms = [room_uuid(SEARCH_FIRST_ROOM + k) for k in range(SEARCH_ROOMS)]
+    member_rooms = rooms[:SEARCH_MEMBER_ROOMS]
+    vocabulary = "ARRAY[" + ", ".join(f"'{w}'" for w in SEARCH_VOCABULARY) + "]"
+    size = len(SEARCH_VOCABULARY)
+    room = f"('00000000-0000-0000-0000-' || lpad(({SEARCH_FIRST_ROOM} + n % {SEARCH_ROOMS})::text, 12, '0'))"
+    # Three ordinary words, then COMMON_WORD in every other message of a room, RARE_WORD at the middle
+    # of every rare_every messages of a room, another ordinary word.
+    word = "v[1 + abs(hashint4(n * 4 + {k})) % {size}]"
+    body = (
+        f"concat_ws(' ', {word.format(k=0, size=size)}, {word.format(k=1, size=size)}, "
+        f"{word.format(k=2, size=size)}, "
+        f"CASE WHEN (n / {SEARCH_ROOMS}) % 2 = 0 THEN '{COMMON_WORD}' END, "
+        f"CASE WHEN (n / {SEARCH_ROOMS}) % {rare_every} = {rare_every // 2} THEN '{RARE_WORD}' END, "
+        f"{word.format(k=3, size=size)}, 'number ' || n)"
+    )
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO rooms (id, name, created_by, last_seq) "
+            "SELECT id, 'search ' || k, $2, $3 FROM unnest($1::uuid[]) WITH ORDINALITY AS r(id, k)",
+            rooms,
+            USER,
+            per_room,
+        )
+        for user, role, its_rooms in ((USER, "owner", rooms), (SEARCH_USER, "member", member_rooms)):
+            await conn.execute(
+                "INSERT INTO members (room_id, user_id, role) SELECT r, $2, $3 FROM unnest($1::uuid[]) AS r",
+                its_rooms,
+                user,
+                role,
+            )
+        started = await conn.fetchval("SELECT now() - make_interval(secs => $1)", float(messages))
+        for low in range(0, messages, SEARCH_CHUNK):
+            high = min(messages, low + SEARCH_CHUNK)
+            await conn.execute(
+                f"""
+                INSERT INTO messages (room_id, seq, sender, body, created_at)
+                SELECT {room}::uuid, n / {SEARCH_ROOMS} + 1, 'bench-sender-' || n % 7, {body},
+                       $1::timestamptz + make_interval(secs => n)
+                FROM generate_series({low}, {high - 1}) AS n, (SELECT {vocabulary} AS v) AS words
+                """,
+                started,
+            )
+        await conn.execute("VACUUM ANALYZE")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    return {
+        "rooms": rooms,
+        "member_rooms": member_rooms,
+        "messages": messages,
+        "rare_in_member_rooms": len(range(rare_every // 2, per_room, rare_every)) * len(member_rooms),
+        "common_in_member_rooms": (per_room + 1) // 2 * len(member_rooms),
+    }
+
+
 # -- load tools -----------------------------------------------------------------------------------
 
 
 def wrk(
-    url: str, script: str, data_file: Path, duration: int, token: str | None = None, pid: int | None = None
+    url: str,
+    script: str,
+    data_file: Path,
+    duration: int,
+    token: str | None = None,
+    pid: int | None = None,
+    connections: int = CONNECTIONS,
 ) -> dict[str, Any]:
     """A wrk run's throughput, p50/p99 and errors; with the server's `pid`, also the server's CPU
-    per request (`cpu_ms`: user + system time of it and its worker processes, over the requests)."""
-    command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{duration}s", "-s", str(LUA / script)]
+    per request (`cpu_ms`: user + system time of it and its worker processes, over the requests).
+    `connections`: 16 by default (2 threads), 1 for a lone client's latency (1 thread)."""
+    threads = min(2, connections)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "-s", str(LUA / script)]
     if token:
         command += ["-H", f"Authorization: Bearer {token}"]
     cpu_before = cpu_seconds(pid) if pid is not None else 0.0

@@ -109,6 +109,23 @@ def table(rows: list[Row]) -> str:
             f"5. the same at 50 messages/s: p50 {fast['p50_ms']:.1f} ms, p99 {fast['p99_ms']:.1f} ms, "
             f"{fast['cpu_ms']:.4f} ms CPU per delivery"
         )
+    eleven = next((r for r in rows if r.scenario.startswith("11.")), None)
+    if eleven is not None:
+        e = eleven.extra
+        lines.append(
+            f"11. rare word ({e['rare_in_member_rooms']:,} in the user's rooms): "
+            f"{fmt(e.get('rare_throughput'), 0)}/s, p50 {fmt(e.get('rare_p50_ms'), 2)} ms, "
+            f"p99 {fmt(e.get('rare_p99_ms'), 2)} ms, {fmt(e.get('rare_cpu_ms'), 3)} ms CPU; "
+            f"common word page 2: p50 {fmt(e.get('common_page_2_p50_ms'), 2)} ms, "
+            f"{fmt(e.get('common_page_2_cpu_ms'), 3)} ms CPU"
+        )
+        lines.append(
+            f"11. one client alone, p50/p99: common {fmt(e.get('common_alone_p50_ms'), 2)}/"
+            f"{fmt(e.get('common_alone_p99_ms'), 2)} ms, rare {fmt(e.get('rare_alone_p50_ms'), 2)}/"
+            f"{fmt(e.get('rare_alone_p99_ms'), 2)} ms; {e['rooms']} rooms, the user in "
+            f"{e['member_rooms']}; loaded in {e['load_s']:.0f} s"
+            + (f"; WRONG: {'; '.join(e['wrong'])}" if e.get("wrong") else "")
+        )
     one = next((r for r in rows if r.scenario.startswith("1.")), None)
     if one is not None:
         raw, ratio = one.extra["raw_insert_tps"], one.extra["raw_insert_ratio"]
@@ -153,6 +170,7 @@ REQUIRED = {
     "8.": ("throughput", "p50_ms", "p99_ms", "floor_throughput", "ratio"),
     "9.": ("p50_ms", "p99_ms"),
     "10.": ("throughput", "p50_ms", "p99_ms", "errors", "cpu_ms", "floor_throughput", "ratio"),
+    "11.": ("throughput", "p50_ms", "p99_ms", "errors", "cpu_ms", "floor_throughput", "ratio"),
 }
 
 
@@ -174,6 +192,19 @@ REQUIRED_EXTRA: dict[str, dict[str, str]] = {
     "10.": {
         name: name
         for name in ("page_tps_1_worker", "page_tps_2_workers", "page_ratio", "page_cpu_ms_2_workers")
+    },
+    "11.": {
+        name: name
+        for name in (
+            "rare_p50_ms",
+            "rare_p99_ms",
+            "rare_cpu_ms",
+            "common_page_2_p50_ms",
+            "common_page_2_cpu_ms",
+            "common_alone_p50_ms",
+            "rare_alone_p50_ms",
+            "floor_p99_ms",
+        )
     },
 }
 
@@ -199,4 +230,6 @@ def problems(rows: list[dict[str, Any]]) -> list[str]:
             found.append("7.: not three timed starts")
         if prefix == "10." and extra.get("page_errors"):
             found.append(f"10.: {extra['page_errors']} failed page requests")
+        if prefix == "11.":
+            found += [f"11.: {wrong}" for wrong in extra.get("wrong", ["the answers were not checked"])]
     return found

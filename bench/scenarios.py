@@ -7,11 +7,14 @@ import os
 import statistics
 import sys
 import tempfile
+import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvloop
 
 from bench import harness, streams
@@ -48,10 +51,12 @@ class Profile:
     doorbell_rounds: int
     delivery_messages: int
     workers_rounds: int
+    search_messages: int
 
 
-FULL = Profile(10, 1_000_000, (0, 10_000, 500_000, 999_000), 1000, 200, 10_000, 3, 100, 3)
-QUICK = Profile(2, 20_000, (0, 1_000, 10_000, 19_000), 50, 20, 200, 1, 20, 1)
+FULL = Profile(10, 1_000_000, (0, 10_000, 500_000, 999_000), 1000, 200, 10_000, 3, 100, 3, 1_000_000)
+QUICK = Profile(2, 20_000, (0, 1_000, 10_000, 19_000), 50, 20, 200, 1, 20, 1, 20_000)
+SEARCH_LIMIT = 20  # the endpoint's default page
 
 
 @dataclass
@@ -314,6 +319,110 @@ def workers(t: Target) -> Row:
     )
 
 
+def search_path(word: str, cursor: str | None = None) -> str:
+    path = f"/v1/search?q={word}&limit={SEARCH_LIMIT}"
+    return path + (f"&cursor={urllib.parse.quote(cursor, safe='')}" if cursor else "")
+
+
+def search_answer(url: str, token: str, path: str) -> tuple[list[dict[str, Any]], str | None, str | None]:
+    """One search's items and next_cursor, or what was wrong with the answer."""
+    try:
+        response = httpx.get(url + path, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    except httpx.HTTPError as error:
+        return [], None, f"GET {path}: {error!r}"
+    if response.status_code != 200:
+        return [], None, f"GET {path}: {response.status_code} {response.text[:200]}"
+    body = response.json()
+    return body["items"], body["next_cursor"], None
+
+
+def search_wrong(items: list[dict[str, Any]], word: str, member_rooms: list[str], expected: int) -> list[str]:
+    """What is wrong with a page of search results: how many, whose rooms, the word, the order."""
+    wrong = []
+    if len(items) != expected:
+        wrong.append(f"{word}: {len(items)} items, expected {expected}")
+    if any(item["room_id"] not in member_rooms for item in items):
+        wrong.append(f"{word}: items from rooms the user is not in")
+    if any(word not in (item["body"] or "").split() for item in items):
+        wrong.append(f"{word}: items without the word")
+    keys = [(item["created_at"], item["room_id"], item["seq"]) for item in items]
+    if keys != sorted(keys, reverse=True):
+        wrong.append(f"{word}: not newest first")
+    return wrong
+
+
+def search(t: Target) -> Row:
+    """11. Search (GET /v1/search?q=WORD&limit=20) by a user who is a member of 3 of 10 rooms that
+    hold the search messages (bulk-loaded with SQL here, last, so no other row runs on the bigger
+    table): the common word (every other message) as the row, the rare word (a few messages of each
+    room) and the common word's second page (by next_cursor) under it, and each word's p50 for one
+    client alone. The answers are checked first (count, rooms, word, order). Floor: the newest page
+    of 20 of one of the user's rooms, same user and server; ratio: p50 search / p50 page."""
+    loaded = time.perf_counter()
+    data = asyncio.run(harness.seed_search(t.database_url, t.profile.search_messages))
+    load_s = time.perf_counter() - loaded
+    token = harness.user_token(harness.SEARCH_USER)
+    url, pid, d = t.server.url, t.server.process.pid, t.profile.duration
+    member_rooms = data["member_rooms"]
+    common, rare = harness.COMMON_WORD, harness.RARE_WORD
+    paths = {
+        "page": f"/v1/rooms/{member_rooms[0]}/messages?limit={SEARCH_LIMIT}",
+        "common": search_path(common),
+        "rare": search_path(rare),
+    }
+    first, cursor, fault = search_answer(url, token, paths["common"])
+    wrong = [fault] if fault else search_wrong(first, common, member_rooms, SEARCH_LIMIT)
+    if cursor is None:
+        wrong.append(f"{common}: no next_cursor")
+    else:
+        paths["common_page_2"] = search_path(common, cursor)
+        second, _, fault = search_answer(url, token, paths["common_page_2"])
+        wrong += [fault] if fault else search_wrong(second, common, member_rooms, SEARCH_LIMIT)
+        if second and first and second[0]["created_at"] > first[-1]["created_at"]:
+            wrong.append(f"{common}: page 2 is not older than page 1")
+    found, cursor, fault = search_answer(url, token, paths["rare"])
+    expected_rare = min(SEARCH_LIMIT, data["rare_in_member_rooms"])
+    wrong += [fault] if fault else search_wrong(found, rare, member_rooms, expected_rare)
+    if cursor is not None and data["rare_in_member_rooms"] <= SEARCH_LIMIT:
+        wrong.append(f"{rare}: a next_cursor after the last result")
+
+    def measure(name: str, connections: int = harness.CONNECTIONS) -> dict[str, Any]:
+        path_file = t.work / f"search-{name}.txt"
+        path_file.write_text(paths[name] + "\n")
+        return wrk(url, "get.lua", path_file, d, token, pid, connections=connections)
+
+    runs = {name: measure(name) for name in paths}
+    alone = {name: measure(name, connections=1) for name in ("common", "rare")}
+    errors = sum(int(r["errors"]) for r in (*runs.values(), *alone.values()))
+    extra: dict[str, Any] = {
+        "messages": data["messages"],
+        "rooms": harness.SEARCH_ROOMS,
+        "member_rooms": harness.SEARCH_MEMBER_ROOMS,
+        "common_in_member_rooms": data["common_in_member_rooms"],
+        "rare_in_member_rooms": data["rare_in_member_rooms"],
+        "load_s": round(load_s, 1),
+        "floor_p99_ms": round(runs["page"]["p99_ms"], 2),
+        "floor_cpu_ms": round(runs["page"]["cpu_ms"], 3),
+        "wrong": wrong,
+    }
+    for name in ("rare", "common_page_2"):
+        if name in runs:
+            extra |= {f"{name}_{k}": round(v, 3) for k, v in runs[name].items() if k != "errors"}
+    for name, run in alone.items():
+        extra |= {
+            f"{name}_alone_p50_ms": round(run["p50_ms"], 3),
+            f"{name}_alone_p99_ms": round(run["p99_ms"], 3),
+        }
+    return against(
+        f"11. search, common word, {data['messages']:,}",
+        {**runs["common"], "errors": errors},
+        f"newest page ({SEARCH_LIMIT}), same user",
+        runs["page"],
+        ratio=p50_ratio,
+        extra=extra,
+    )
+
+
 SCENARIOS: tuple[Callable[[Target], Row], ...] = (
     start_up,
     send_spread,
@@ -325,6 +434,7 @@ SCENARIOS: tuple[Callable[[Target], Row], ...] = (
     doorbell_floor,
     delivery,
     workers,
+    search,
 )
 
 

@@ -79,9 +79,17 @@ async def test_listing_shows_last_message_and_unread(alice: User, bob: User) -> 
     assert item["id"] == room["id"] and item["unread_count"] == 2
     assert item["last_message"]["body"] == "latest" and item["last_message"]["sender"] == alice.name
     assert set(item) == {
-        "id", "name", "created_by", "created_at", "last_seq", "unread_count", "last_message",
-        "kind", "topic", "mention_count",
-    }  # fmt: skip
+        "id",
+        "kind",
+        "name",
+        "topic",
+        "created_by",
+        "created_at",
+        "last_seq",
+        "unread_count",
+        "mention_count",
+        "last_message",
+    }
 
 
 async def test_listing_query_errors(alice: User) -> None:

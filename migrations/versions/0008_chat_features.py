@@ -4,7 +4,8 @@ What the database keeps, and who keeps it:
 - rooms: `kind` ('group' or 'direct'), `topic`, and for a direct room the ordered pair of its two
   users (`dm_low` < `dm_high`) under a unique index: concurrent creation from both sides gives one room.
 - messages: `thread_root`, `reply_count`, `last_reply_seq`, `mentions`, `reactions` (the summary of
-  the reactions table, as clients get it) and `search` (the body's tsvector, 'simple' configuration).
+  the reactions table, as clients get it) and `search` (the body's tsvector, 'simple' configuration,
+  plus the room as one word that no text can make: chat_room_word()).
 - reactions: one row per message, user and emoji; message_mentions: one row per unread-countable
   mention (a member mentioned by someone else), for GET /v1/rooms' mention_count.
 - chat_message_doc(), the BEFORE trigger that writes `doc`, now also sets a reply's `thread_root`, and
@@ -16,7 +17,8 @@ What the database keeps, and who keeps it:
 Why `search` is a column the trigger writes and not `GENERATED ALWAYS AS (...) STORED`: adding a stored
 generated column rewrites the whole table under an ACCESS EXCLUSIVE lock, which stops every read and
 write of messages for as long as the rewrite takes. The trigger computes the same expression
-(`to_tsvector('simple', coalesce(body, ''))`) on every insert and on every change of the body.
+(`to_tsvector('simple', coalesce(body, ''))`, and the room's word) on every insert and on every change of
+the body.
 
 Expand only, without a long lock: new nullable or constant-default columns (no rewrite), new tables,
 indexes built CONCURRENTLY, existing replies joined to their threads (one statement per level of the
@@ -72,7 +74,7 @@ BEGIN
                             WHERE t.room_id = NEW.room_id AND t.seq = NEW.reply_to);
     END IF;
     IF TG_OP = 'INSERT' OR NEW.body IS DISTINCT FROM OLD.body OR NEW.search IS NULL THEN
-        NEW.search := to_tsvector('simple', coalesce(NEW.body, ''));
+        NEW.search := to_tsvector('simple', coalesce(NEW.body, '')) || chat_room_word(NEW.room_id)::tsvector;
         NEW.mentions := CASE WHEN strpos(NEW.body, '@') > 0
                              THEN chat_mentions(NEW.room_id, NEW.body) ELSE '{{}}'::text[] END;
     END IF;
@@ -108,31 +110,88 @@ END
 $function$
 """
 
-# Newest first over the caller's rooms (or one of them), keyset-paged by (created_at, room_id, seq).
-# Each room is read on its own, in index order, up to the page size, and the rooms' pages merged: a
-# common word stops after a few rows of each room, a rare one is found through the GIN index. EXECUTE
-# plans every search with its own words (a prepared statement's generic plan cannot tell a common word
-# from a rare one). Below the cursor, per room: created_at before it, or equal with a seq that sorts
-# before it in (room_id, seq) order.
+# A room as a word of the search vector: `R` and the id's hex digits. The 'simple' configuration lower-
+# cases every word it reads, so no text and no query ever makes this word; a search in one room asks the
+# GIN index for "these words and this room's word", which costs what the room's matches cost, whatever
+# the size of the room or of the whole table (btree_gin's (room_id, search) index would do the same,
+# but it is an extension: not every PostgreSQL here has it).
+_ROOM_WORD = """
+CREATE FUNCTION chat_room_word(p_room uuid) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $function$
+    SELECT 'R' || replace(p_room::text, '-', '')
+$function$
+"""
+
+# Newest first over the caller's rooms (or one of them), keyset-paged by (created_at, room_id, seq);
+# p_limit rows at most. In two steps, each planned with its own words (EXECUTE: a prepared statement's
+# generic plan cannot tell a common word from a rare one):
+# 1. the newest messages of each room below the cursor, about 500 in all (`window` per room, at least
+#    p_limit): where the words are common, the page is among them. `edge` is the newest of the rooms'
+#    oldest windowed messages: every message above it is in some window, so if p_limit matches are
+#    found above it, they are the page.
+# 2. otherwise each room's matches through the GIN index (its words and the room's word), merged.
+# Below the cursor, and above the edge, per room: a position (created_at, room_id, seq) compared within
+# one room is (created_at, seq) compared with a seq that stands for the room's place beside the
+# position's room (0 or the largest seq).
 _SEARCH = """
 CREATE FUNCTION chat_search(
     p_user text, p_room uuid, p_query text, p_at timestamptz, p_at_room uuid, p_at_seq bigint, p_limit int
 ) RETURNS TABLE (doc text, created_at timestamptz, room_id uuid, seq bigint)
 LANGUAGE plpgsql STABLE AS $function$
+DECLARE
+    words tsquery := websearch_to_tsquery('simple', p_query);
+    rooms uuid[];
+    window_size int;
+    edge record;
+    docs text[];
+    ats timestamptz[];
+    ids uuid[];
+    seqs bigint[];
 BEGIN
+    SELECT array_agg(mem.room_id) INTO rooms FROM members mem
+    WHERE mem.user_id = p_user AND (p_room IS NULL OR mem.room_id = p_room);
+    IF rooms IS NULL OR numnode(words) = 0 THEN
+        RETURN;
+    END IF;
+    window_size := greatest(p_limit, 500 / cardinality(rooms));
+    EXECUTE $query$
+        SELECT e.created_at, e.room_id, e.seq FROM unnest($1::uuid[]) AS r(id) CROSS JOIN LATERAL (
+            SELECT m.created_at, m.room_id, m.seq FROM messages m
+            WHERE m.room_id = r.id AND ($2::timestamptz IS NULL OR (m.created_at, m.seq) < ($2, CASE
+                    WHEN r.id < $3 THEN 9223372036854775807 WHEN r.id = $3 THEN $4 ELSE 0 END))
+            ORDER BY m.created_at DESC, m.seq DESC OFFSET $5 - 1 LIMIT 1
+        ) AS e ORDER BY e.created_at DESC, e.room_id DESC, e.seq DESC LIMIT 1
+    $query$ INTO edge USING rooms, p_at, p_at_room, p_at_seq, window_size;
+    EXECUTE $query$
+        SELECT array_agg(f.doc ORDER BY f.created_at DESC, f.room_id DESC, f.seq DESC),
+               array_agg(f.created_at ORDER BY f.created_at DESC, f.room_id DESC, f.seq DESC),
+               array_agg(f.room_id ORDER BY f.created_at DESC, f.room_id DESC, f.seq DESC),
+               array_agg(f.seq ORDER BY f.created_at DESC, f.room_id DESC, f.seq DESC)
+        FROM (
+            SELECT m.doc, m.created_at, m.room_id, m.seq FROM unnest($1::uuid[]) AS r(id) CROSS JOIN LATERAL (
+                SELECT m.doc, m.created_at, m.room_id, m.seq FROM messages m
+                WHERE m.room_id = r.id AND m.search @@ $2 AND NOT m.deleted
+                  AND ($3::timestamptz IS NULL OR (m.created_at, m.seq) < ($3, CASE
+                        WHEN r.id < $4 THEN 9223372036854775807 WHEN r.id = $4 THEN $5 ELSE 0 END))
+                  AND ($6::timestamptz IS NULL OR (m.created_at, m.seq) > ($6, CASE
+                        WHEN r.id < $7 THEN 9223372036854775807 WHEN r.id = $7 THEN $8 ELSE 0 END))
+                ORDER BY m.created_at DESC, m.seq DESC LIMIT $9
+            ) AS m ORDER BY m.created_at DESC, m.room_id DESC, m.seq DESC LIMIT $9
+        ) AS f
+    $query$ INTO docs, ats, ids, seqs
+    USING rooms, words, p_at, p_at_room, p_at_seq, edge.created_at, edge.room_id, edge.seq, p_limit;
+    IF edge.created_at IS NULL OR coalesce(cardinality(docs), 0) >= p_limit THEN
+        RETURN QUERY SELECT * FROM unnest(docs, ats, ids, seqs);
+        RETURN;
+    END IF;
     RETURN QUERY EXECUTE $query$
-        SELECT m.doc, m.created_at, m.room_id, m.seq
-        FROM (SELECT mem.room_id FROM members mem
-              WHERE mem.user_id = $1 AND ($2::uuid IS NULL OR mem.room_id = $2)) AS r
-        CROSS JOIN LATERAL (
+        SELECT m.doc, m.created_at, m.room_id, m.seq FROM unnest($1::uuid[]) AS r(id) CROSS JOIN LATERAL (
             SELECT m.doc, m.created_at, m.room_id, m.seq FROM messages m
-            WHERE m.room_id = r.room_id AND m.search @@ $3 AND NOT m.deleted
-              AND ($4::timestamptz IS NULL OR (m.created_at, m.seq) < ($4, CASE
-                    WHEN r.room_id < $5 THEN 9223372036854775807 WHEN r.room_id = $5 THEN $6 ELSE 0 END))
-            ORDER BY m.created_at DESC, m.seq DESC LIMIT $7
-        ) AS m
-        ORDER BY m.created_at DESC, m.room_id DESC, m.seq DESC LIMIT $7
-    $query$ USING p_user, p_room, websearch_to_tsquery('simple', p_query), p_at, p_at_room, p_at_seq, p_limit;
+            WHERE m.search @@ ($2 && chat_room_word(r.id)::tsquery) AND NOT m.deleted
+              AND ($3::timestamptz IS NULL OR (m.created_at, m.seq) < ($3, CASE
+                    WHEN r.id < $4 THEN 9223372036854775807 WHEN r.id = $4 THEN $5 ELSE 0 END))
+            ORDER BY m.created_at DESC, m.seq DESC LIMIT $6
+        ) AS m ORDER BY m.created_at DESC, m.room_id DESC, m.seq DESC LIMIT $6
+    $query$ USING rooms, words, p_at, p_at_room, p_at_seq, p_limit;
 END
 $function$
 """
@@ -202,6 +261,7 @@ def upgrade() -> None:
     )
 
     op.execute(_MENTIONS)
+    op.execute(_ROOM_WORD)
     op.execute(_MESSAGE_DOC)
     op.execute(_MESSAGE_AFTER)
     op.execute(
@@ -275,6 +335,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION chat_message_after()")
     op.execute(_MESSAGE_DOC_0004)
     op.execute("DROP FUNCTION chat_mentions(uuid, text)")
+    op.execute("DROP FUNCTION chat_room_word(uuid)")
     op.drop_table("message_mentions")
     op.drop_table("reactions")
     for column in ("search", "reactions", "mentions", "last_reply_seq", "reply_count", "thread_root"):

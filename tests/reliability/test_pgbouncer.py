@@ -299,13 +299,27 @@ async def test_every_query_path_works_through_pgbouncer_in_transaction_mode(
     after = (await bob.http.get(f"/v1/rooms/{rid}/messages", params={"after": 0, "limit": 2})).json()
     assert [m["body"] for m in after["items"]] == ["plain", "keyed"] and after["has_more"]
     seq = first.json()["seq"]
-    assert (await bob.http.get(f"/v1/rooms/{rid}/messages/{seq}")).json() == first.json()
+    replied = {**first.json(), "reply_count": 1, "last_reply_seq": reply.json()["seq"]}  # a thread's root
+    assert (await bob.http.get(f"/v1/rooms/{rid}/messages/{seq}")).json() == replied
     assert_problem(await bob.http.get(f"/v1/rooms/{rid}/messages/{10**6}"), 404)
     edited = await alice.http.patch(f"/v1/rooms/{rid}/messages/{seq}", json={"body": "plain, edited"})
     assert edited.status_code == 200 and edited.json()["edited_at"]
     assert (await alice.http.delete(f"/v1/rooms/{rid}/messages/{seq}")).status_code == 204
     assert (await bob.http.get(f"/v1/rooms/{rid}/messages/{seq}")).json()["deleted"] is True
     assert_problem(await alice.http.patch(f"/v1/rooms/{rid}/messages/{seq}", json={"body": "x"}), 409)
+
+    # SPEC §8: reactions, a thread's page, search, room name and topic, a direct room, typing
+    answer = f"/v1/rooms/{rid}/messages/{reply.json()['seq']}/reactions/tada"
+    assert (await alice.http.put(answer)).json()["reactions"][0]["users"] == [alice.name]
+    assert (await alice.http.delete(answer)).status_code == 204
+    thread = (await bob.http.get(f"/v1/rooms/{rid}/messages", params={"thread": seq})).json()
+    assert [m["body"] for m in thread["items"]] == ["answer"]
+    found = (await bob.http.get("/v1/search", params={"q": "answer", "room_id": rid})).json()
+    assert [m["seq"] for m in found["items"]] == [reply.json()["seq"]]
+    changed = await alice.http.patch(f"/v1/rooms/{rid}", json={"topic": "pooled"})
+    assert changed.status_code == 200 and changed.json()["topic"] == "pooled"
+    assert (await alice.http.put(f"/v1/dms/{bob.name}")).status_code == 201
+    assert (await alice.http.post(f"/v1/rooms/{rid}/typing")).status_code == 204
 
     # read marker
     last = reply.json()["seq"]

@@ -58,6 +58,21 @@ class Person:
     def room(self, name: str) -> Any:
         return self.page.locator("#room-list li").filter(has=self.page.locator(".room-name", has_text=name))
 
+    def direct(self, name: str) -> Any:
+        """A direct room in the list of direct messages, by the other person's name."""
+        return self.page.locator("#dm-list li").filter(has=self.page.locator(".room-name", has_text=name))
+
+    async def create_room(self, name: str, *members: str) -> None:
+        from playwright.async_api import expect
+
+        page = self.page
+        if await page.locator("#new-room-box").get_attribute("open") is None:
+            await page.get_by_text("New room", exact=True).click()
+        await page.get_by_label("Room name").fill(name)
+        await page.get_by_label("Members").fill(", ".join(members))
+        await page.get_by_role("button", name="Create room").click()
+        await expect(page.locator("#room-title")).to_have_text(name)
+
     async def sign_in(self, base: str) -> None:
         from playwright.async_api import expect
 
@@ -102,12 +117,7 @@ async def test_two_people_chat_in_real_browsers_across_a_server_restart(
 
         # alice creates a room with bob and says hello.
         page = alice.page
-        if await page.locator("#new-room-box").get_attribute("open") is None:
-            await page.get_by_text("New room", exact=True).click()
-        await page.get_by_label("Room name").fill(lunch)
-        await page.get_by_label("Members").fill(bob.name)
-        await page.get_by_role("button", name="Create room").click()
-        await expect(page.locator("#room-title")).to_have_text(lunch)
+        await alice.create_room(lunch, bob.name)
         await expect(page.locator("#room-members")).to_have_text(f"Members: {alice.name} (owner), {bob.name}")
         await alice.say("hi bob")
         await expect(alice.message("hi bob")).to_have_count(1)
@@ -238,6 +248,198 @@ async def test_two_people_chat_in_real_browsers_across_a_server_restart(
         ]
 
         await save_side_by_side(alice, bob)
+    assert time.monotonic() - started < 120
+
+
+async def test_reactions_threads_search_direct_messages_topic_mentions_and_typing_in_real_browsers(
+    browser: Any, database_url: str
+) -> None:
+    """Each feature of SPEC §8 in the page, between alice and bob, ending in one screenshot that
+    shows them all (test-artifacts/chat-features.png)."""
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    started = time.monotonic()
+    ARTIFACTS.mkdir(exist_ok=True)
+    tag = uuid.uuid4().hex[:6]
+    settings = make_settings(database_url)
+    lunch, crew, planning, archive = f"Lunch {tag}", f"Lunch crew {tag}", f"Planning {tag}", f"Archive {tag}"
+    topic = "Tacos on Friday at noon, bring your own salsa"
+    root = "Tacos on Friday, who is in?"
+
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(serve(settings, create_dev_app(settings)))
+        contexts = [await browser.new_context(viewport={"width": 1280, "height": 860}) for _ in range(2)]
+        for context in contexts:
+            stack.push_async_callback(context.close)
+        alice = Person(f"alice-{tag}", await contexts[0].new_page())
+        bob = Person(f"bob-{tag}", await contexts[1].new_page())
+        await alice.sign_in(server.url)
+        await bob.sign_in(server.url)
+
+        # Room details: the owner renames the room and sets its topic; bob sees both live, and has
+        # no way to change them (not the owner).
+        await alice.create_room(lunch, bob.name)
+        await alice.say(root)
+        await expect(alice.message(root)).to_have_count(1)
+        await alice.page.get_by_role("button", name="Edit name and topic").click()
+        await alice.page.get_by_label("Name", exact=True).fill(crew)
+        await alice.page.get_by_label("Topic", exact=True).fill(topic)
+        await alice.page.get_by_role("button", name="Save", exact=True).click()
+        await expect(alice.page.locator("#room-title")).to_have_text(crew)
+        await expect(alice.page.locator("#room-topic")).to_have_text(topic)
+        await expect(bob.room(crew)).to_have_count(1)  # room.updated, live
+        await expect(bob.room(lunch)).to_have_count(0)
+        await bob.room(crew).get_by_role("button").click()
+        await expect(bob.page.locator("#room-title")).to_have_text(crew)
+        await expect(bob.page.locator("#room-topic")).to_have_text(topic)
+        await expect(bob.page.get_by_role("button", name="Edit name and topic")).to_be_hidden()
+
+        # Reactions: a quick emoji adds one; the other side sees the count, each side highlights its
+        # own; clicking your own takes it back.
+        def chip(person: Person, emoji: str, text: str = root) -> Any:
+            return person.message(text).locator(f'.reaction:not(.add)[data-emoji="{emoji}"]')
+
+        await bob.message(root).get_by_role("button", name="React with 👍").click()
+        await expect(chip(bob, "👍")).to_have_text("👍 1")
+        await expect(chip(bob, "👍")).to_have_attribute("aria-pressed", "true")
+        await expect(chip(alice, "👍")).to_have_text("👍 1")
+        await expect(chip(alice, "👍")).to_have_attribute("aria-pressed", "false")
+        await chip(alice, "👍").click()  # alice too
+        for person in (alice, bob):
+            await expect(chip(person, "👍")).to_have_text("👍 2")
+            await expect(chip(person, "👍")).to_have_attribute("aria-pressed", "true")
+        await bob.message(root).get_by_role("button", name="React with 🎉").click()
+        await expect(chip(alice, "🎉")).to_have_text("🎉 1")
+        await chip(bob, "🎉").click()  # taken back
+        await expect(chip(alice, "🎉")).to_have_count(0)
+        await expect(chip(bob, "🎉")).to_have_count(0)
+        await bob.message(root).get_by_role("button", name="React with 🎉").click()
+        await expect(chip(alice, "🎉")).to_have_text("🎉 1")
+
+        # Mentions: highlighted in the body; in a room bob has not read, a mention badge beside the
+        # unread badge, live and again from the room list after a reload.
+        salsa = f"@{bob.name} can you bring the salsa?"
+        await alice.say(salsa)
+        await expect(bob.message(salsa).locator(".mention.me")).to_have_text(f"@{bob.name}")
+        await expect(alice.message(salsa).locator(".mention")).to_have_text(f"@{bob.name}")
+        await bob.message(salsa).get_by_role("button", name="React with ❤️").click()  # two code points
+        await expect(chip(alice, "❤️", salsa)).to_have_text("❤️ 1")
+        alice_http = httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {await alice.token()}"}, timeout=20
+        )
+        stack.push_async_callback(alice_http.aclose)
+        created = await alice_http.post("/v1/rooms", json={"name": planning, "members": [bob.name]})
+        assert created.status_code == 201, created.text
+        planning_id = created.json()["id"]
+        sent = await alice_http.post(
+            f"/v1/rooms/{planning_id}/messages", json={"body": f"@{bob.name} please look at the budget"}
+        )
+        assert sent.status_code == 201, sent.text
+        assert sent.json()["mentions"] == [bob.name], sent.text
+        await expect(bob.room(planning).locator(".mention-badge")).to_have_text("@1 mention")
+        await expect(bob.room(planning).locator(".badge")).to_have_text("1 unread")
+        await bob.page.reload()
+        await expect(bob.page.locator("#connection")).to_have_text("Live")
+        await expect(bob.room(planning).locator(".mention-badge")).to_have_text("@1 mention")
+        await expect(bob.room(crew).locator(".mention-badge")).to_be_hidden()  # read
+        await expect(chip(bob, "👍")).to_have_attribute("aria-pressed", "true")  # from history
+
+        # A room with more history than one page, where an early message will be searched for.
+        created = await alice_http.post("/v1/rooms", json={"name": archive, "members": [bob.name]})
+        assert created.status_code == 201, created.text
+        archive_id = created.json()["id"]
+        for i in range(1, 61):
+            body = "the old tacos recipe" if i == 2 else f"archive {i:02d}"
+            sent = await alice_http.post(f"/v1/rooms/{archive_id}/messages", json={"body": body})
+            assert sent.status_code == 201, sent.text
+
+        # Direct messages: bob starts one with alice; both list it apart from the rooms, by the
+        # other person's name.
+        await bob.page.get_by_text("New direct message", exact=True).click()
+        await bob.page.get_by_label("User id", exact=True).fill(alice.name)
+        await bob.page.get_by_role("button", name="Message", exact=True).click()
+        await expect(bob.page.locator("#room-title")).to_have_text(alice.name)
+        await expect(bob.page.locator("#room-members")).to_have_text(f"Direct message with {alice.name}")
+        await expect(bob.direct(alice.name)).to_have_count(1)
+        await expect(bob.room(alice.name)).to_have_count(0)
+        await bob.say("psst: the tacos are on me")
+        await expect(alice.direct(bob.name).locator(".badge")).to_have_text("1 unread")
+        await expect(alice.room(bob.name)).to_have_count(0)
+
+        # Search: results from every room of bob's, newest first; a result opens its room at the
+        # message, loading older history until it is there.
+        await bob.page.get_by_label("Search messages").fill("tacos")
+        await bob.page.get_by_label("Search messages").press("Enter")
+        hits = bob.page.locator("#search-list .search-hit")
+        await expect(hits.locator(".hit-body")).to_have_text(
+            ["psst: the tacos are on me", "the old tacos recipe", root]
+        )
+        await expect(hits.locator(".hit-where")).to_have_text([alice.name, archive, crew])
+        await hits.nth(1).click()
+        await expect(bob.page.locator("#room-title")).to_have_text(archive)
+        await expect(bob.message("the old tacos recipe")).to_have_class(re.compile(r"\bfound\b"))
+        await expect(bob.message("the old tacos recipe")).to_be_in_viewport()
+        await expect(bob.page.locator("#messages li.message")).to_have_count(60)  # an older page was loaded
+        await hits.nth(2).click()
+        await expect(bob.page.locator("#room-title")).to_have_text(crew)
+        await expect(bob.message(root)).to_have_class(re.compile(r"\bfound\b"))
+        # What bob saw of the archive on the way is read, though he left it at once.
+        await expect(bob.room(archive).locator(".badge")).not_to_have_text("60 unread")
+
+        # Threads: bob replies in the root's thread; alice's root counts the reply live, she opens
+        # the thread and answers; bob's pane shows it live, and the root counts both.
+        await bob.message(root).get_by_role("button", name="Reply in a thread").click()
+        await expect(bob.page.locator("#thread-root .body")).to_have_text(root)
+        await bob.page.get_by_label("Reply in thread", exact=True).fill("count me in")
+        await bob.page.get_by_label("Reply in thread", exact=True).press("Enter")
+        await expect(bob.page.locator("#thread-replies .body")).to_have_text(["count me in"])
+        await expect(alice.message(root).locator(".thread-link")).to_have_text("1 reply")
+        await alice.message(root).locator(".thread-link").click()
+        await expect(alice.page.locator("#thread-replies .body")).to_have_text(["count me in"])
+        await alice.page.get_by_label("Reply in thread", exact=True).fill("great, see you there")
+        await alice.page.get_by_label("Reply in thread", exact=True).press("Enter")
+        await expect(bob.page.locator("#thread-replies .body")).to_have_text(
+            ["count me in", "great, see you there"]
+        )
+        await expect(bob.page.locator("#thread-count")).to_have_text("2 replies")
+        await expect(bob.message(root).locator(".thread-link")).to_have_text("2 replies")
+        await expect(alice.message(root).locator(".thread-link")).to_have_text("2 replies")
+        await expect(bob.message("great, see you there").locator(".in-thread")).to_be_visible()
+
+        # Typing: alice types in the room (after the server's 2 s window since her last typing
+        # call); bob sees it, and it ends when her message arrives.
+        composer = alice.page.get_by_label("Message", exact=True)
+        typing = bob.page.locator("#typing")
+        for attempt in range(3):
+            await asyncio.sleep(2.1)
+            await composer.press_sequentially("on my way" if attempt == 0 else ".", delay=40)
+            await expect(typing).to_have_text(f"{alice.name} is typing…")
+
+            # Everything in one view: reactions, the thread pane, search results, the direct
+            # messages, the topic, a highlighted mention with its badge, and the typing line (a
+            # slow shot that outlives the 5 s of "is typing…" is taken again).
+            await bob.page.screenshot(path=str(ARTIFACTS / "chat-features.png"))
+            if await typing.text_content() == f"{alice.name} is typing…":
+                break
+        else:
+            raise AssertionError("the typing line ended before every screenshot")
+        await composer.press("Enter")
+        await expect(bob.page.locator("#messages .body", has_text="on my way")).to_be_visible()
+        await expect(typing).to_have_text("")
+
+        # A phone's width: the thread takes the whole screen, and closing it shows the room again.
+        await bob.page.set_viewport_size({"width": 390, "height": 720})
+        assert await bob.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        await expect(bob.page.locator("#thread-replies .body")).to_have_count(2)
+        await expect(bob.page.locator("#timeline")).to_be_hidden()
+        await expect(bob.page.locator("#room-list")).to_be_hidden()
+        await bob.page.get_by_role("button", name="Close the thread").click()
+        await expect(bob.page.locator("#thread")).to_be_hidden()
+        await expect(bob.message(salsa)).to_be_visible()
+
+        for person in (alice, bob):
+            assert not person.problems, person.problems
     assert time.monotonic() - started < 120
 
 

@@ -100,7 +100,9 @@ async def test_serve_with_the_web_client_serves_it_but_has_no_dev_token(web_serv
         assert_problem(await client.delete("/v1/rooms"), 405)
 
 
-@pytest.mark.parametrize("path", ["/", "/web/app.js", "/web/style.css", "/web/api.js", "/web/stream.js"])
+@pytest.mark.parametrize(
+    "path", ["/", "/web/app.js", "/web/style.css", "/web/api.js", "/web/stream.js", "/web/model.js"]
+)
 async def test_page_and_assets_carry_a_strict_content_security_policy(
     web_server: RunningServer, path: str
 ) -> None:
@@ -117,7 +119,9 @@ async def test_page_and_assets_carry_a_strict_content_security_policy(
 async def test_page_loads_nothing_from_elsewhere(web_server: RunningServer) -> None:
     async with client_of(web_server) as client:
         html = (await client.get("/")).text
-        scripts = [(await client.get(f"/web/{name}")).text for name in ("app.js", "api.js", "stream.js")]
+        scripts = [
+            (await client.get(f"/web/{name}")).text for name in ("app.js", "api.js", "stream.js", "model.js")
+        ]
     for text in [html, *scripts]:
         assert "http://" not in text and "https://" not in text, "everything must come from this origin"
 

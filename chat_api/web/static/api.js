@@ -147,12 +147,47 @@ export class Api {
     return this.call("GET", `/v1/rooms/${encodeURIComponent(roomId)}/messages?${query}`);
   }
 
-  send(roomId, body, key) {
+  /** A new message; with `replyTo` (a seq) it joins that message's thread. */
+  send(roomId, body, key, replyTo) {
+    const json = replyTo === undefined ? { body } : { body, reply_to: replyTo };
     return this.call("POST", `/v1/rooms/${encodeURIComponent(roomId)}/messages`, {
-      json: { body },
+      json,
       headers: { "Idempotency-Key": key },
     });
   }
+
+  message(roomId, seq) {
+    return this.call("GET", `/v1/rooms/${encodeURIComponent(roomId)}/messages/${seq}`);
+  }
+
+  /** A page of a thread's replies in ascending seq: the newest, or the ones before `before`. */
+  thread(roomId, root, before, limit = 50) {
+    const query = new URLSearchParams({ thread: String(root), limit: String(limit) });
+    if (before !== undefined) query.set("before", String(before));
+    return this.call("GET", `/v1/rooms/${encodeURIComponent(roomId)}/messages?${query}`);
+  }
+
+  /** PUT adds the caller's reaction (answers the message), DELETE takes it away (204). */
+  react(roomId, seq, emoji, on) {
+    const path = `/v1/rooms/${encodeURIComponent(roomId)}/messages/${seq}/reactions/${encodeURIComponent(emoji)}`;
+    return this.call(on ? "PUT" : "DELETE", path);
+  }
+
+  search(q, cursor) {
+    const query = new URLSearchParams({ q, limit: "20" });
+    if (cursor) query.set("cursor", cursor);
+    return this.call("GET", `/v1/search?${query}`);
+  }
+
+  /** The one direct room of the caller and `user` (made on first use). */
+  directRoom(user) { return this.call("PUT", `/v1/dms/${encodeURIComponent(user)}`); }
+
+  /** `changes`: {name?, topic?} (owner only). */
+  updateRoom(roomId, changes) {
+    return this.call("PATCH", `/v1/rooms/${encodeURIComponent(roomId)}`, { json: changes });
+  }
+
+  typing(roomId) { return this.call("POST", `/v1/rooms/${encodeURIComponent(roomId)}/typing`); }
 
   edit(roomId, seq, body) {
     return this.call("PATCH", `/v1/rooms/${encodeURIComponent(roomId)}/messages/${seq}`, { json: { body } });
@@ -171,11 +206,11 @@ export class Api {
  * Sends until the service has the message: network errors and 503s are retried with the SAME
  * Idempotency-Key, so a retry of a send that did arrive returns the first message, never a copy.
  */
-export async function sendWithRetry(api, roomId, body, key, onRetry) {
+export async function sendWithRetry(api, roomId, body, key, onRetry, replyTo) {
   let delay = 500;
   for (;;) {
     try {
-      return await api.send(roomId, body, key);
+      return await api.send(roomId, body, key, replyTo);
     } catch (error) {
       if (!isTransient(error)) throw error;
       onRetry(error);

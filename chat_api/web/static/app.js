@@ -1,12 +1,28 @@
-// The chat page: sign-in, room list with unread badges, a timeline with keyset paging, a composer
-// with idempotent retries, edit/delete of one's own messages, read markers, and live updates.
+// The chat page: sign-in, room list (direct messages apart) with unread and mention badges, a
+// timeline with keyset paging, a composer with idempotent retries, edit/delete of one's own
+// messages, reactions, threads, search, room name and topic, typing, read markers, live updates.
 //
 // Client rule of the event stream: apply by (room_id, seq) and ignore what is already there. Each
 // room keeps `seenSeq`, the newest seq it reflects (from the listing, then from events); an event
 // at or below it is skipped. REST answers (a sent or edited message) update the timeline but never
 // `seenSeq`, so no event can be skipped because of them.
+//
+// Events that carry less than a whole object are applied locally: a message.created with
+// `thread_root` bumps the root's reply_count (the server sends nothing for the root), and `typing`
+// frames (no id, not in the log) show "bob is typing…" until their `expires_at`.
 
 import { Api, ApiError, devToken, newKey, sendWithRetry, sleep, tokenSource } from "./api.js";
+import {
+  QUICK_REACTIONS,
+  mentionParts,
+  partnerOf,
+  plural,
+  reactedBy,
+  typingFor,
+  typingLine,
+  withReply,
+  withoutReaction,
+} from "./model.js";
 import { EventStream } from "./stream.js";
 
 const TOKEN_KEY = "chat-api.token";
@@ -14,6 +30,8 @@ const DEV_NAME_KEY = "chat-api.dev-name"; // signed in by name (chat-api dev): t
 const FLASH_KEY = "chat-api.flash";
 const ROOM_KEY = "chat-api.room";
 const PAGE = 50;
+const TYPING_EVERY_MS = 2000; // the server forwards one typing call per user and room per 2 s
+const JUMP_PAGES = 20; // how far back (pages of history) a search result is looked for
 
 const $ = (id) => document.getElementById(id);
 
@@ -24,6 +42,10 @@ let activeId = null;
 let leaving = false;
 const rooms = new Map(); // room id -> room state (see newRoom)
 const fetching = new Map(); // room id -> events that arrived while the room was being fetched
+const typers = new Map(); // room id -> Map user id -> timer that ends their "is typing…"
+let thread = null; // the open thread pane (see openThread)
+let typingSent = { roomId: null, at: 0 };
+let searched = { q: "", cursor: null };
 
 // -- sign-in ----------------------------------------------------------------------------------------
 
@@ -103,6 +125,7 @@ async function start(token, devName) {
   const cursor = await untilReachable(() => loadRooms());
   stream = new EventStream(session.events_url, {
     onEvent,
+    onTyping,
     onReset: reloadEverything,
     onState: setConnection,
     beforeReopen: () => api.openSession(),
@@ -122,12 +145,15 @@ function setConnection(state) {
 // -- rooms ------------------------------------------------------------------------------------------
 
 function newRoom(item) {
-  return {
+  const room = {
     id: item.id,
     name: item.name,
+    kind: "group",
+    topic: null,
     createdBy: item.created_by,
     seenSeq: 0,
     unread: 0,
+    mentions: 0, // unread messages of others that mention me
     lastMessage: null,
     activity: item.created_at,
     members: null, // [{user_id, role, last_read_seq}] once fetched
@@ -140,19 +166,35 @@ function newRoom(item) {
     readWanted: 0,
     el: null,
   };
+  applyRoom(room, item);
+  return room;
 }
 
-/** A room as the listing (or GET /v1/rooms/{id}) shows it now. */
+/** The room's own fields from a room object (listing, detail, room.created, room.updated, PATCH):
+ * never its counts, which in an event or another member's answer are someone else's. */
+function applyRoom(room, item) {
+  room.name = item.name;
+  room.kind = item.kind || "group";
+  room.topic = item.topic ?? null;
+  room.createdBy = item.created_by;
+  if (item.members) room.members = item.members;
+}
+
+/** A room as the listing (or GET /v1/rooms/{id}) shows it now, to the caller. */
 function takeListed(item) {
   let room = rooms.get(item.id);
   if (!room) rooms.set(item.id, (room = newRoom(item)));
-  room.name = item.name;
+  applyRoom(room, item);
   room.seenSeq = Math.max(room.seenSeq, item.last_seq);
   room.unread = item.unread_count;
+  room.mentions = item.mention_count ?? 0;
   room.lastMessage = item.last_message;
   room.activity = item.last_message ? item.last_message.created_at : item.created_at;
-  if (item.members) room.members = item.members;
   return room;
+}
+
+function titleOf(room) {
+  return room.kind === "direct" ? partnerOf(room, me) : room.name;
 }
 
 async function loadRooms() {
@@ -195,7 +237,9 @@ function dropRoom(roomId) {
   const room = rooms.get(roomId);
   if (!room) return;
   rooms.delete(roomId);
+  typers.delete(roomId);
   if (room.el) room.el.remove();
+  if (thread && thread.roomId === roomId) closeThread();
   if (activeId === roomId) closeRoom();
 }
 
@@ -204,15 +248,20 @@ function byActivity(a, b) {
 }
 
 function renderRooms() {
-  const list = $("room-list");
   const sorted = [...rooms.values()].sort(byActivity);
+  placeRooms($("dm-list"), sorted.filter((room) => room.kind === "direct"));
+  placeRooms($("room-list"), sorted.filter((room) => room.kind !== "direct"));
+  $("no-rooms").hidden = rooms.size > 0;
+  $("new-room-box").open ||= rooms.size === 0;
+}
+
+function placeRooms(list, sorted) {
   sorted.forEach((room, i) => {
     const el = roomElement(room);
     if (list.children[i] !== el) list.insertBefore(el, list.children[i] || null);
   });
-  for (const li of [...list.children]) if (!rooms.has(li.dataset.roomId)) li.remove();
-  $("no-rooms").hidden = rooms.size > 0;
-  $("new-room-box").open ||= rooms.size === 0;
+  const ids = new Set(sorted.map((room) => room.id));
+  for (const li of [...list.children]) if (!ids.has(li.dataset.roomId)) li.remove();
 }
 
 function roomElement(room) {
@@ -223,17 +272,24 @@ function roomElement(room) {
     button.type = "button";
     button.className = "room-button";
     button.innerHTML =
-      '<span class="room-name"></span><span class="badge" hidden><span class="count"></span>' +
+      '<span class="room-name"></span>' +
+      '<span class="mention-badge" hidden>@<span class="mention-count"></span>' +
+      '<span class="visually-hidden mention-word"></span></span>' +
+      '<span class="badge" hidden><span class="count"></span>' +
       '<span class="visually-hidden"> unread</span></span><span class="preview"></span>';
     button.addEventListener("click", () => openRoom(room.id));
     li.append(button);
     room.el = li;
   }
   const button = room.el.firstChild;
-  button.querySelector(".room-name").textContent = room.name;
+  button.querySelector(".room-name").textContent = titleOf(room);
   const badge = button.querySelector(".badge");
   badge.hidden = room.unread === 0;
   button.querySelector(".count").textContent = room.unread >= 1000 ? "999+" : String(room.unread);
+  const mentions = button.querySelector(".mention-badge");
+  mentions.hidden = room.mentions === 0;
+  button.querySelector(".mention-count").textContent = room.mentions >= 1000 ? "999+" : String(room.mentions);
+  button.querySelector(".mention-word").textContent = room.mentions === 1 ? " mention" : " mentions";
   const last = room.lastMessage;
   button.querySelector(".preview").textContent = !last
     ? ""
@@ -254,9 +310,11 @@ async function openRoom(roomId) {
   $("no-room").hidden = true;
   $("room-view").hidden = false;
   $("room-error").textContent = "";
-  $("room-title").textContent = room.name;
+  $("room-settings").hidden = true;
+  if (thread && thread.roomId !== roomId) closeThread();
   renderRooms();
   renderHeader(room);
+  renderTyping();
   $("messages").replaceChildren();
   readObserver.disconnect();
   visible.clear();
@@ -267,6 +325,7 @@ async function openRoom(roomId) {
     // Members only: its last_seq must not move seenSeq past events the timeline has not seen.
     room.members = (await api.room(roomId)).members;
     if (activeId === roomId) renderHeader(room);
+    renderRooms(); // a direct room's title comes from its members
   } catch {
     // shown next time
   }
@@ -278,21 +337,95 @@ function closeRoom() {
   document.body.classList.remove("in-room");
   $("room-view").hidden = true;
   $("no-room").hidden = false;
+  closeThread();
   renderRooms();
 }
 
+function isOwner(room) {
+  const mine = (room.members || []).find((m) => m.user_id === me);
+  return Boolean(mine && mine.role === "owner");
+}
+
 function renderHeader(room) {
-  $("room-title").textContent = room.name;
+  $("room-title").textContent = titleOf(room);
+  $("room-topic").textContent = room.topic || "";
+  $("room-topic").hidden = !room.topic;
   const members = room.members || [];
-  $("room-members").textContent = members.length
-    ? "Members: " + members.map((m) => (m.role === "owner" ? `${m.user_id} (owner)` : m.user_id)).join(", ")
-    : "";
+  if (room.kind === "direct") {
+    $("room-members").textContent = `Direct message with ${partnerOf(room, me)}`;
+  } else {
+    $("room-members").textContent = members.length
+      ? "Members: " + members.map((m) => (m.role === "owner" ? `${m.user_id} (owner)` : m.user_id)).join(", ")
+      : "";
+  }
+  const owner = isOwner(room) && room.kind !== "direct"; // a direct room has no owner
+  $("add-member").hidden = !owner;
+  $("edit-room").hidden = !owner || !$("room-settings").hidden;
+  if (!owner) $("room-settings").hidden = true;
   const mine = members.find((m) => m.user_id === me);
-  $("add-member").hidden = !(mine && mine.role === "owner");
   if (mine) room.readSent = Math.max(room.readSent, mine.last_read_seq);
 }
 
+function editRoom() {
+  const room = rooms.get(activeId);
+  if (!room) return;
+  $("room-name-input").value = room.name;
+  $("room-topic-input").value = room.topic || "";
+  $("room-settings").hidden = false;
+  $("edit-room").hidden = true;
+  $("room-name-input").focus();
+}
+
+function stopEditingRoom() {
+  $("room-settings").hidden = true;
+  const room = rooms.get(activeId);
+  if (room) renderHeader(room);
+  $("edit-room").focus();
+}
+
+async function saveRoom() {
+  const room = rooms.get(activeId);
+  if (!room) return;
+  const name = $("room-name-input").value.trim();
+  const topic = $("room-topic-input").value.trim() || null;
+  const changes = {};
+  if (name && name !== room.name) changes.name = name;
+  if (topic !== room.topic) changes.topic = topic;
+  try {
+    if (Object.keys(changes).length > 0) applyRoom(room, await api.updateRoom(room.id, changes));
+    $("room-error").textContent = "";
+    stopEditingRoom();
+    renderRooms();
+  } catch (error) {
+    $("room-error").textContent = `Not saved: ${error.message}`;
+  }
+}
+
+async function startDirect(user) {
+  try {
+    const room = takeListed(await api.directRoom(user));
+    $("room-error").textContent = "";
+    renderRooms();
+    await openRoom(room.id);
+    return true;
+  } catch (error) {
+    $("room-error").textContent = `No direct message: ${error.message}`;
+    return false;
+  }
+}
+
 // -- the timeline -----------------------------------------------------------------------------------
+
+/**
+ * Whether `seq` belongs in the loaded timeline: the timeline holds one unbroken run of messages up
+ * to the newest, so a change to an older message outside it (a reaction, an edit, a thread's root)
+ * must not be inserted there, or paging older would skip what lies between.
+ */
+function inWindow(room, seq) {
+  if (!room.messages) return false;
+  if (!room.hasMore || room.messages.size === 0 || room.messages.has(seq)) return true;
+  return seq >= Math.min(...room.messages.keys());
+}
 
 async function loadNewest(room) {
   room.loading = true;
@@ -309,7 +442,7 @@ async function loadNewest(room) {
     room.loading = false;
   }
   // Events that arrived during the load: applying a message again is harmless (same object).
-  for (const message of room.buffer) room.messages.set(message.seq, message);
+  for (const message of room.buffer) if (inWindow(room, message.seq)) room.messages.set(message.seq, message);
   room.buffer = [];
   if (activeId === room.id) renderTimeline(room);
 }
@@ -370,30 +503,39 @@ function scrollToBottom() {
   t.scrollTop = t.scrollHeight;
 }
 
-/** Inserts a message element in seq order, before any pending (unsent) ones; replaces an old one. */
-function placeMessage(li) {
-  const list = $("messages");
+/**
+ * Puts a message element into `list` in seq order, before any pending (unsent) ones, or in place
+ * of the element of the same seq; keyboard focus stays on the same control of that message.
+ */
+function placeIn(list, li) {
   const seq = Number(li.dataset.seq);
   const old = list.querySelector(`li[data-seq="${seq}"]`);
   if (old) {
-    readObserver.unobserve(old);
-    if (old.contains(document.activeElement)) {
-      // Keep keyboard focus on the same message's counterpart.
-      old.replaceWith(li);
-      (li.querySelector("button") || $("composer-body")).focus();
-    } else {
-      old.replaceWith(li);
+    if (old.classList.contains("found")) li.classList.add("found");
+    const focused = old.contains(document.activeElement) ? document.activeElement : null;
+    old.replaceWith(li);
+    if (focused) {
+      const key = focused.dataset.focusKey;
+      const same = key && li.querySelector(`[data-focus-key="${CSS.escape(key)}"]`);
+      (same || li.querySelector("button") || $("composer-body")).focus();
     }
-  } else {
-    let next = null;
-    for (const other of list.children) {
-      if (other.classList.contains("pending") || Number(other.dataset.seq) > seq) {
-        next = other;
-        break;
-      }
-    }
-    list.insertBefore(li, next);
+    return old;
   }
+  let next = null;
+  for (const other of list.children) {
+    if (other.classList.contains("pending") || Number(other.dataset.seq) > seq) {
+      next = other;
+      break;
+    }
+  }
+  list.insertBefore(li, next);
+  return null;
+}
+
+/** Inserts or replaces a message element of the open room's timeline. */
+function placeMessage(li) {
+  const old = placeIn($("messages"), li);
+  if (old) readObserver.unobserve(old);
   if (li.dataset.sender !== me) readObserver.observe(li);
 }
 
@@ -401,7 +543,22 @@ function formatTime(iso) {
   return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
-function messageElement(message) {
+/** The body with mentions as highlighted spans (mentions of me stand out more). */
+function bodyContent(el, message) {
+  for (const part of mentionParts(message.body, message.mentions)) {
+    if (part.text !== undefined) {
+      el.append(part.text);
+      continue;
+    }
+    const span = document.createElement("span");
+    span.className = part.mention === me ? "mention me" : "mention";
+    span.textContent = `@${part.mention}`;
+    el.append(span);
+  }
+}
+
+/** A message as a list item; `place` is "timeline", "root" or "reply" (the thread pane). */
+function messageElement(message, place = "timeline") {
   const li = document.createElement("li");
   li.className = "message";
   li.dataset.seq = String(message.seq);
@@ -409,6 +566,7 @@ function messageElement(message) {
   const mine = message.sender === me;
   li.classList.toggle("mine", mine);
   li.classList.toggle("deleted", message.deleted);
+  li.classList.toggle("mentions-me", !mine && !message.deleted && (message.mentions || []).includes(me));
 
   const meta = document.createElement("p");
   meta.className = "meta";
@@ -425,23 +583,107 @@ function messageElement(message) {
     edited.textContent = " (edited)";
     meta.append(edited);
   }
+  if (message.thread_root != null && place === "timeline") {
+    const link = button("in a thread", "Open the thread this message replies in", () =>
+      openThread(message.room_id, message.thread_root),
+    );
+    link.className = "link in-thread";
+    link.dataset.focusKey = "in-thread";
+    meta.append(" · ", link);
+  }
 
   const body = document.createElement("p");
   body.className = "body";
-  body.textContent = message.deleted ? "Message deleted" : message.body;
+  if (message.deleted) body.textContent = "Message deleted";
+  else bodyContent(body, message);
   li.append(meta, body);
 
+  const foot = document.createElement("div");
+  foot.className = "foot";
+  if (!message.deleted) foot.append(reactionsElement(message));
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  if (place === "timeline" && message.thread_root == null) {
+    const replies = message.reply_count || 0;
+    if (replies > 0 || !message.deleted) {
+      const open = button(
+        replies > 0 ? plural(replies, "reply", "replies") : "Reply in thread",
+        replies > 0 ? `${plural(replies, "reply", "replies")}: open the thread` : "Reply in a thread",
+        () => openThread(message.room_id, message.seq),
+      );
+      open.classList.add("thread-link");
+      open.classList.toggle("has-replies", replies > 0);
+      open.dataset.focusKey = "thread";
+      actions.append(open);
+    }
+  }
   if (mine && !message.deleted) {
-    const actions = document.createElement("div");
-    actions.className = "actions";
     const edit = button("Edit", `Edit your message from ${time.textContent}`, () => startEdit(li, message));
     const remove = button("Delete", `Delete your message from ${time.textContent}`, () =>
       deleteMessage(message),
     );
+    edit.dataset.focusKey = "edit";
+    remove.dataset.focusKey = "delete";
     actions.append(edit, remove);
-    li.append(actions);
   }
+  if (actions.children.length > 0) foot.append(actions);
+  if (foot.children.length > 0) li.append(foot);
   return li;
+}
+
+/** Each reaction with its count (mine pressed), then the quick ones not used yet. */
+function reactionsElement(message) {
+  const row = document.createElement("div");
+  row.className = "reactions";
+  const used = new Set();
+  for (const reaction of message.reactions || []) {
+    used.add(reaction.emoji);
+    const mine = reactedBy(reaction, me);
+    const chip = button(
+      `${reaction.emoji} ${reaction.count}`,
+      `${reaction.emoji} ${reaction.count}: ${mine ? "take back your reaction" : "react too"}`,
+      () => toggleReaction(message, reaction.emoji, !mine),
+    );
+    chip.className = "reaction";
+    chip.dataset.emoji = reaction.emoji;
+    chip.dataset.focusKey = `react:${reaction.emoji}`;
+    chip.setAttribute("aria-pressed", String(mine));
+    chip.title = reaction.users.join(", ") + (reaction.count > reaction.users.length ? ", …" : "");
+    row.append(chip);
+  }
+  for (const emoji of QUICK_REACTIONS) {
+    if (used.has(emoji)) continue;
+    const add = button(emoji, `React with ${emoji}`, () => toggleReaction(message, emoji, true));
+    add.className = "reaction add";
+    add.dataset.emoji = emoji;
+    add.dataset.focusKey = `react:${emoji}`;
+    row.append(add);
+  }
+  return row;
+}
+
+/** The freshest copy of a message this page holds (timeline or thread pane), else `fallback`. */
+function heldMessage(room, seq, fallback) {
+  const inTimeline = room.messages && room.messages.get(seq);
+  if (inTimeline) return inTimeline;
+  if (thread && thread.roomId === room.id) {
+    if (thread.root && thread.root.seq === seq) return thread.root;
+    if (thread.replies.has(seq)) return thread.replies.get(seq);
+  }
+  return fallback;
+}
+
+async function toggleReaction(message, emoji, on) {
+  const room = rooms.get(message.room_id);
+  if (!room) return;
+  try {
+    const answer = await api.react(room.id, message.seq, emoji, on);
+    // PUT answers the message; DELETE answers nothing (the stream brings the whole message too).
+    upsertMessage(room, answer || withoutReaction(heldMessage(room, message.seq, message), emoji, me));
+    $("room-error").textContent = "";
+  } catch (error) {
+    $("room-error").textContent = `Reaction not ${on ? "added" : "removed"}: ${error.message}`;
+  }
 }
 
 function button(text, label, onClick) {
@@ -454,8 +696,10 @@ function button(text, label, onClick) {
   return b;
 }
 
+/** A message as it is now (a REST answer or an event), wherever this page shows it. */
 function upsertMessage(room, message) {
-  if (!room.messages) return;
+  placeInThread(room, message);
+  if (!inWindow(room, message.seq)) return;
   room.messages.set(message.seq, message);
   if (activeId !== room.id) return;
   const stick = nearBottom() || message.sender === me;
@@ -478,15 +722,15 @@ function startEdit(li, message) {
   save.type = "submit";
   save.textContent = "Save";
   const body = li.querySelector(".body");
-  const actions = li.querySelector(".actions");
+  const foot = li.querySelector(".foot");
   const stop = () => {
     form.replaceWith(body);
-    actions.hidden = false;
-    actions.querySelector("button").focus();
+    foot.hidden = false;
+    foot.querySelector(".actions button:not(.thread-link)").focus();
   };
   form.append(label, area, save, button("Cancel", "Cancel editing", stop));
   body.replaceWith(form);
-  actions.hidden = true;
+  foot.hidden = true;
   area.focus();
   area.addEventListener("keydown", (event) => {
     if (event.key === "Escape") {
@@ -515,10 +759,236 @@ async function deleteMessage(message) {
   try {
     await api.remove(message.room_id, message.seq);
     $("room-error").textContent = "";
-    upsertMessage(room, { ...message, body: null, deleted: true });
+    const held = heldMessage(room, message.seq, message);
+    upsertMessage(room, { ...held, body: null, deleted: true, mentions: [], reactions: [] });
   } catch (error) {
     $("room-error").textContent = `Not deleted: ${error.message}`;
   }
+}
+
+// -- threads ----------------------------------------------------------------------------------------
+
+/** Opens the pane of the thread whose root is `rootSeq` in room `roomId`: root, replies, composer. */
+async function openThread(roomId, rootSeq) {
+  const room = rooms.get(roomId);
+  if (!room) return;
+  const mine = (thread = {
+    roomId,
+    rootSeq,
+    root: (room.messages && room.messages.get(rootSeq)) || null,
+    replies: new Map(), // seq -> reply; events that arrive during the load land here too
+    hasMore: false,
+    loaded: false,
+  });
+  $("thread").hidden = false;
+  $("chat").classList.add("with-thread");
+  document.body.classList.add("in-thread");
+  $("thread-error").textContent = "";
+  renderThread();
+  try {
+    const [root, page] = await Promise.all([
+      mine.root ? null : api.message(roomId, rootSeq),
+      api.thread(roomId, rootSeq),
+    ]);
+    if (thread !== mine) return;
+    mine.root ||= root;
+    for (const reply of page.items) if (!mine.replies.has(reply.seq)) mine.replies.set(reply.seq, reply);
+    mine.hasMore = page.has_more;
+    mine.loaded = true;
+  } catch (error) {
+    if (thread === mine) $("thread-error").textContent = `Cannot load the thread: ${error.message}`;
+    return;
+  }
+  renderThread();
+  $("thread-body").scrollTop = $("thread-body").scrollHeight;
+  $("thread-reply").focus();
+}
+
+async function loadOlderReplies() {
+  const mine = thread;
+  if (!mine || !mine.hasMore || mine.replies.size === 0) return;
+  try {
+    const page = await api.thread(mine.roomId, mine.rootSeq, Math.min(...mine.replies.keys()));
+    if (thread !== mine) return;
+    for (const reply of page.items) if (!mine.replies.has(reply.seq)) mine.replies.set(reply.seq, reply);
+    mine.hasMore = page.has_more;
+    renderThread();
+  } catch (error) {
+    $("thread-error").textContent = `Cannot load older replies: ${error.message}`;
+  }
+}
+
+function closeThread() {
+  const wasOpen = thread !== null;
+  thread = null;
+  $("thread").hidden = true;
+  $("chat").classList.remove("with-thread");
+  document.body.classList.remove("in-thread");
+  $("thread-root").replaceChildren();
+  $("thread-replies").replaceChildren();
+  if (wasOpen && activeId) $("composer-body").focus();
+}
+
+function renderThreadCount() {
+  const root = thread.root;
+  $("thread-count").textContent = !thread.loaded
+    ? "Loading…"
+    : plural(root ? root.reply_count || 0 : thread.replies.size, "reply", "replies");
+  $("thread-older").hidden = !thread.hasMore;
+}
+
+function renderThread() {
+  if (!thread) return;
+  $("thread-root").replaceChildren(...(thread.root ? [messageElement(thread.root, "root")] : []));
+  const seqs = [...thread.replies.keys()].sort((a, b) => a - b);
+  $("thread-replies").replaceChildren(...seqs.map((seq) => messageElement(thread.replies.get(seq), "reply")));
+  renderThreadCount();
+}
+
+/** Shows a message in the open thread pane when it is that thread's root or one of its replies. */
+function placeInThread(room, message) {
+  if (!thread || thread.roomId !== room.id) return;
+  if (message.seq === thread.rootSeq) {
+    thread.root = message;
+    const li = messageElement(message, "root");
+    if (!placeIn($("thread-root"), li)) $("thread-root").replaceChildren(li);
+    renderThreadCount();
+  } else if (message.thread_root === thread.rootSeq) {
+    thread.replies.set(message.seq, message);
+    const body = $("thread-body");
+    const stick = body.scrollHeight - body.scrollTop - body.clientHeight < 80 || message.sender === me;
+    placeIn($("thread-replies"), messageElement(message, "reply"));
+    if (stick) body.scrollTop = body.scrollHeight;
+  }
+}
+
+/** A new reply (message.created with thread_root): the server sends nothing for its root. */
+function countReply(room, reply) {
+  const root = heldMessage(room, reply.thread_root, null);
+  const counted = withReply(root, reply);
+  if (counted) upsertMessage(room, counted);
+}
+
+async function sendReply() {
+  const area = $("thread-reply");
+  const mine = thread;
+  const room = mine && rooms.get(mine.roomId);
+  if (!room || !area.value.trim()) return;
+  const text = area.value;
+  area.value = "";
+  area.focus();
+  $("thread-error").textContent = "";
+  typingSent = { roomId: null, at: 0 };
+  try {
+    const reply = await sendWithRetry(
+      api,
+      room.id,
+      text,
+      newKey(),
+      () => {
+        $("thread-error").textContent = "Not sent yet: retrying…";
+      },
+      mine.rootSeq,
+    );
+    $("thread-error").textContent = "";
+    upsertMessage(room, reply);
+  } catch (error) {
+    $("thread-error").textContent = `Not sent: ${error.message}`;
+    if (!area.value) area.value = text; // give it back to try again
+  }
+}
+
+// -- search -----------------------------------------------------------------------------------------
+
+async function search(q, more = false) {
+  let page;
+  try {
+    page = await api.search(q, more ? searched.cursor : undefined);
+  } catch (error) {
+    $("search-results").hidden = false;
+    $("search-title").textContent = "Search";
+    $("search-list").replaceChildren();
+    $("search-none").hidden = false;
+    $("search-none").textContent = `Cannot search: ${error.message}`;
+    $("search-more").hidden = true;
+    return;
+  }
+  searched = { q, cursor: page.next_cursor };
+  const list = $("search-list");
+  if (!more) list.replaceChildren();
+  for (const hit of page.items) list.append(searchHit(hit));
+  $("search-results").hidden = false;
+  $("search-title").textContent = `Results for “${q}”`;
+  $("search-none").textContent = "No messages match.";
+  $("search-none").hidden = list.children.length > 0;
+  $("search-more").hidden = !page.next_cursor;
+}
+
+function searchHit(message) {
+  const li = document.createElement("li");
+  const hit = document.createElement("button");
+  hit.type = "button";
+  hit.className = "search-hit";
+  hit.dataset.roomId = message.room_id;
+  hit.dataset.seq = String(message.seq);
+  const room = rooms.get(message.room_id);
+  const where = document.createElement("span");
+  where.className = "hit-where";
+  where.textContent = room ? titleOf(room) : "a room";
+  const time = document.createElement("time");
+  time.className = "hit-time";
+  time.dateTime = message.created_at;
+  time.textContent = formatTime(message.created_at);
+  const sender = document.createElement("span");
+  sender.className = "hit-sender";
+  sender.textContent = `${message.sender}: `;
+  const body = document.createElement("span");
+  body.className = "hit-body";
+  bodyContent(body, message);
+  const line = document.createElement("span");
+  line.className = "hit-line";
+  line.append(sender, body);
+  hit.append(where, time, line);
+  hit.addEventListener("click", () => jumpTo(message.room_id, message.seq));
+  li.append(hit);
+  return li;
+}
+
+function clearSearch() {
+  searched = { q: "", cursor: null };
+  $("search-results").hidden = true;
+  $("search-list").replaceChildren();
+  $("search-q").value = "";
+  $("search-q").focus();
+}
+
+/** Opens the room and shows the message: older pages are loaded until it is there. */
+async function jumpTo(roomId, seq) {
+  if (!rooms.has(roomId)) await fetchRoom(roomId);
+  const room = rooms.get(roomId);
+  if (!room) return;
+  if (activeId !== roomId || !room.messages) await openRoom(roomId);
+  document.body.classList.add("in-room"); // a phone shows the room, not the list
+  for (let pages = 0; activeId === roomId && room.messages && !room.messages.has(seq) && room.hasMore; ) {
+    if (pages >= JUMP_PAGES) break;
+    if (room.loadingOlder) {
+      await sleep(50);
+      continue;
+    }
+    pages += 1;
+    await loadOlder(room);
+  }
+  if (activeId !== roomId) return;
+  const li = $("messages").querySelector(`li[data-seq="${seq}"]`);
+  if (!li) {
+    $("room-error").textContent = "That message is too far back to show here.";
+    return;
+  }
+  for (const other of $("messages").querySelectorAll("li.found")) other.classList.remove("found");
+  li.classList.add("found");
+  li.tabIndex = -1;
+  li.scrollIntoView({ block: "center" });
+  li.focus({ preventScroll: true });
 }
 
 // -- sending ----------------------------------------------------------------------------------------
@@ -538,6 +1008,7 @@ async function send(room, text) {
   li.append(body, status);
   $("messages").append(li);
   scrollToBottom();
+  typingSent = { roomId: null, at: 0 }; // the next keystroke is news again
   try {
     const message = await sendWithRetry(api, room.id, text, key, () => {
       li.classList.add("retrying");
@@ -552,10 +1023,45 @@ async function send(room, text) {
   }
 }
 
+// -- typing -----------------------------------------------------------------------------------------
+
+/** Tells the room "I am typing", at most once per TYPING_EVERY_MS (the server drops the rest). */
+function noteTyping(roomId, text) {
+  if (!roomId || !text.trim()) return;
+  const now = Date.now();
+  if (typingSent.roomId === roomId && now - typingSent.at < TYPING_EVERY_MS) return;
+  typingSent = { roomId, at: now };
+  api.typing(roomId).catch(() => {}); // best effort: a lost one only hides "is typing…"
+}
+
+function onTyping(data) {
+  if (data.user_id === me || !rooms.has(data.room_id)) return;
+  let inRoom = typers.get(data.room_id);
+  if (!inRoom) typers.set(data.room_id, (inRoom = new Map()));
+  clearTimeout(inRoom.get(data.user_id));
+  const timer = setTimeout(() => stopTyping(data.room_id, data.user_id), typingFor(data.expires_at));
+  inRoom.set(data.user_id, timer);
+  if (data.room_id === activeId) renderTyping();
+}
+
+function stopTyping(roomId, user) {
+  const inRoom = typers.get(roomId);
+  if (!inRoom || !inRoom.has(user)) return;
+  clearTimeout(inRoom.get(user));
+  inRoom.delete(user);
+  if (roomId === activeId) renderTyping();
+}
+
+function renderTyping() {
+  const inRoom = typers.get(activeId);
+  $("typing").textContent = typingLine(inRoom ? [...inRoom.keys()].sort() : []);
+}
+
 // -- read markers -----------------------------------------------------------------------------------
 
 const visible = new Set(); // seqs of others' messages now on screen in the active room
 let readTimer = null;
+let readPending = null; // the room whose read marker waits out the debounce
 
 const readObserver = new IntersectionObserver(
   (entries) => {
@@ -573,8 +1079,18 @@ function noteRead() {
   const room = rooms.get(activeId);
   if (!room || document.visibilityState !== "visible" || visible.size === 0) return;
   room.readWanted = Math.max(room.readWanted, ...visible);
+  // One debounce timer: another room's marker still waiting (the reader moved on) goes now.
+  if (readPending && readPending !== room) flushRead();
+  readPending = room;
   clearTimeout(readTimer);
-  readTimer = setTimeout(() => sendRead(room), 300);
+  readTimer = setTimeout(flushRead, 300);
+}
+
+function flushRead() {
+  clearTimeout(readTimer);
+  const room = readPending;
+  readPending = null;
+  if (room && rooms.get(room.id) === room) sendRead(room);
 }
 
 async function sendRead(room) {
@@ -582,11 +1098,12 @@ async function sendRead(room) {
   if (seq <= room.readSent) return;
   room.readSent = seq;
   if (room.messages) {
-    room.unread = [...room.messages.values()].filter(
-      (m) => m.seq > seq && m.sender !== me && !m.deleted,
-    ).length;
+    const unread = [...room.messages.values()].filter((m) => m.seq > seq && m.sender !== me && !m.deleted);
+    room.unread = unread.length;
+    room.mentions = unread.filter((m) => (m.mentions || []).includes(me)).length;
   } else {
     room.unread = 0;
+    room.mentions = 0;
   }
   renderRooms();
   try {
@@ -608,7 +1125,6 @@ function onEvent(kind, data) {
     if (!room) {
       room = newRoom(data.room);
       rooms.set(room.id, room);
-      room.members = data.room.members;
     }
     room.seenSeq = Math.max(room.seenSeq, data.seq);
     renderRooms();
@@ -625,6 +1141,16 @@ function onEvent(kind, data) {
   if (data.seq <= room.seenSeq) return; // already reflected
   room.seenSeq = data.seq;
 
+  if (kind === "room.updated") {
+    applyRoom(room, data.room); // name, topic, members: the counts in it are the changer's
+    renderRooms();
+    if (activeId === room.id) renderHeader(room);
+    for (const where of $("search-list").querySelectorAll(`[data-room-id="${CSS.escape(room.id)}"] .hit-where`)) {
+      where.textContent = titleOf(room);
+    }
+    return;
+  }
+
   if (kind === "member.added" || kind === "member.removed") {
     if (room.members) {
       const others = room.members.filter((m) => m.user_id !== data.member.user_id);
@@ -637,11 +1163,20 @@ function onEvent(kind, data) {
   const message = data.message;
   if (kind === "message.created") {
     room.activity = message.created_at;
-    if (message.sender !== me) room.unread += 1;
+    if (message.sender !== me) {
+      room.unread += 1;
+      if ((message.mentions || []).includes(me)) room.mentions += 1;
+    }
+    stopTyping(room.id, message.sender);
   }
   if (!room.lastMessage || message.seq >= room.lastMessage.seq) room.lastMessage = message;
-  if (room.loading) room.buffer.push(message);
-  else upsertMessage(room, message);
+  if (room.loading) {
+    room.buffer.push(message);
+    placeInThread(room, message);
+  } else {
+    upsertMessage(room, message);
+  }
+  if (kind === "message.created" && message.thread_root != null) countReply(room, message);
   renderRooms();
   if (activeId === room.id) noteRead();
 }
@@ -655,6 +1190,7 @@ async function reloadEverything() {
   await untilReachable(() => loadRooms());
   const room = rooms.get(activeId);
   if (room) await loadNewest(room);
+  if (thread) openThread(thread.roomId, thread.rootSeq);
 }
 
 // -- wiring -----------------------------------------------------------------------------------------
@@ -703,6 +1239,24 @@ function wire() {
     }
   });
 
+  $("new-dm").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const user = $("new-dm-user").value.trim();
+    if (!user) return;
+    if (await startDirect(user)) {
+      event.target.reset();
+      $("new-dm-box").open = false;
+    }
+  });
+
+  $("search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const q = $("search-q").value.trim();
+    if (q) search(q);
+  });
+  $("search-more").addEventListener("click", () => search(searched.q, true));
+  $("search-clear").addEventListener("click", clearSearch);
+
   $("add-member").addEventListener("submit", async (event) => {
     event.preventDefault();
     const room = rooms.get(activeId);
@@ -717,6 +1271,16 @@ function wire() {
     } catch (error) {
       $("room-error").textContent = `Not added: ${error.message}`;
     }
+  });
+
+  $("edit-room").addEventListener("click", editRoom);
+  $("room-settings-cancel").addEventListener("click", stopEditingRoom);
+  $("room-settings").addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveRoom();
+  });
+  $("room-settings").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") stopEditingRoom();
   });
 
   $("composer").addEventListener("submit", (event) => {
@@ -734,6 +1298,25 @@ function wire() {
       event.preventDefault();
       $("composer").requestSubmit();
     }
+  });
+  $("composer-body").addEventListener("input", () => noteTyping(activeId, $("composer-body").value));
+
+  $("thread-close").addEventListener("click", closeThread);
+  $("thread-older").addEventListener("click", loadOlderReplies);
+  $("thread-composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendReply();
+  });
+  $("thread-reply").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      closeThread();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("thread-composer").requestSubmit();
+    }
+  });
+  $("thread-reply").addEventListener("input", () => {
+    if (thread) noteTyping(thread.roomId, $("thread-reply").value);
   });
 
   $("load-older").addEventListener("click", () => {

@@ -10,9 +10,12 @@
 // The server ends a stream when its credential runs out, with `event: reauth`. So shortly before
 // then (and at once on a reauth frame) the page gets a fresh cookie — renewing its token first if
 // it is mostly used up — and opens the stream again from the last id: nothing is lost.
+//
+// `event: typing` frames carry no id: they are not in the log and are handed to `onTyping` only.
 
 const KINDS = [
   "room.created",
+  "room.updated",
   "member.added",
   "member.removed",
   "message.created",
@@ -22,9 +25,10 @@ const KINDS = [
 
 export class EventStream {
   /** `beforeReopen()` renews the cookie and resolves to POST /v1/session's answer. */
-  constructor(eventsUrl, { onEvent, onReset, onState, beforeReopen }) {
+  constructor(eventsUrl, { onEvent, onTyping, onReset, onState, beforeReopen }) {
     this.eventsUrl = eventsUrl;
     this.onEvent = onEvent;
+    this.onTyping = onTyping;
     this.onReset = onReset;
     this.onState = onState;
     this.beforeReopen = beforeReopen;
@@ -96,6 +100,10 @@ export class EventStream {
         this.onEvent(kind, JSON.parse(event.data));
       });
     }
+    source.addEventListener("typing", (event) => {
+      // Ephemeral: no id line, never replayed, so it never moves the resume point.
+      this.onTyping(JSON.parse(event.data));
+    });
     source.addEventListener("reauth", () => {
       // The credential ran out (or was revoked): close before the browser retries with it.
       if (source === this.source) this.renew();
