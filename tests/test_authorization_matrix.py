@@ -46,6 +46,19 @@ CASES = {
     ),
     "mark read": Case("POST", "/v1/rooms/{room}/read", (204, 204, 404, 404, 401), {"seq": 1}),
     "stream the room": Case("GET", "/v1/events?room_id={room}", (200, 200, 404, 404, 401)),
+    # SPEC §8
+    "react": Case(
+        "PUT", "/v1/rooms/{room}/messages/{owner_seq}/reactions/%F0%9F%91%8D", (201, 201, 404, 404, 401)
+    ),
+    "remove a reaction": Case(
+        "DELETE", "/v1/rooms/{room}/messages/{owner_seq}/reactions/%F0%9F%91%8D", (204, 204, 404, 404, 401)
+    ),
+    "thread": Case("GET", "/v1/rooms/{room}/messages?thread={owner_seq}", (200, 200, 404, 404, 401)),
+    "search": Case("GET", "/v1/search?q=owner", (200, 200, 200, 200, 401)),
+    "search the room": Case("GET", "/v1/search?q=owner&room_id={room}", (200, 200, 404, 404, 401)),
+    "direct message": Case("PUT", "/v1/dms/{other}", (201, 201, 201, 201, 401)),
+    "update room": Case("PATCH", "/v1/rooms/{room}", (200, 403, 404, 404, 401), {"topic": "new topic"}),
+    "typing": Case("POST", "/v1/rooms/{room}/typing", (204, 204, 404, 404, 401)),
 }
 
 

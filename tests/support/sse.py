@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +66,25 @@ class Stream:
     def of(self, *kinds: str) -> list[Frame]:
         return [f for f in self.frames if f.event in kinds]
 
+    def after(self, seq: int) -> list[Frame]:
+        """The frames of changes after `seq` (of the rooms it is a seq of), and the frames of no
+        change (such as typing): a stream opened without a cursor, or from `stream_cursor`, may
+        begin with events committed just before."""
+        return [f for f in self.frames if not isinstance(f.data, dict) or f.data.get("seq", seq + 1) > seq]
+
     @property
     def last_id(self) -> str | None:
         ids = [f.id for f in self.frames if f.id]
         return ids[-1] if ids else None
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Waits until `condition()` holds, checked as frames arrive."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                if self.ended.is_set():
+                    raise AssertionError(f"stream ended before the condition held: {self.frames}")
+                self.changed.clear()
+                await self.changed.wait()
 
     async def wait_for(self, count: int, *kinds: str, timeout: float = 10.0) -> list[Frame]:  # noqa: ASYNC109
         """Waits until `count` frames (of `kinds`, if given) arrived; returns them."""
