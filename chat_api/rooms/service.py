@@ -175,10 +175,7 @@ async def open_direct(db: Database, caller: str, other: str) -> tuple[RoomDetail
 async def change_room(db: Database, room_id: uuid.UUID, caller: str, change: RoomChange) -> RoomDetail:
     """Renames the room or sets its topic (owner; in a direct room either member, topic only)."""
     async with db.transaction() as conn:
-        await log.lock_room(conn, room_id)
-        me = await _member(conn, room_id, caller)
-        if me is None:
-            raise NotAMember
+        me = await _locked_member(conn, room_id, caller)
         if me["kind"] == "direct":
             if change.name is not None:
                 raise DirectRoomFixed("A direct room cannot be renamed.")
@@ -197,15 +194,24 @@ async def _member(conn: asyncpg.Connection, room_id: uuid.UUID, user: str) -> as
     return await conn.fetchrow(_MEMBER, room_id, user)
 
 
+async def _locked_member(
+    conn: asyncpg.Connection, room_id: uuid.UUID, caller: str, *, members_change: bool = False
+) -> asyncpg.Record:
+    """Takes the room lock, then the caller's membership (404 for outsiders); a change of a direct
+    room's members is refused (409)."""
+    await log.lock_room(conn, room_id)
+    me = await _member(conn, room_id, caller)
+    if me is None:
+        raise NotAMember
+    if members_change and me["kind"] == "direct":
+        raise DirectRoomFixed("A direct room has its two members for good.")
+    return me
+
+
 async def add_member(db: Database, room_id: uuid.UUID, caller: str, user_id: str) -> tuple[Member, bool]:
     """Adds user_id (owner only); returns the member and whether it was added now."""
     async with db.transaction() as conn:
-        await log.lock_room(conn, room_id)
-        me = await _member(conn, room_id, caller)
-        if me is None:
-            raise NotAMember
-        if me["kind"] == "direct":
-            raise DirectRoomFixed("A direct room has its two members for good.")
+        me = await _locked_member(conn, room_id, caller, members_change=True)
         if me["role"] != "owner":
             raise NotOwner("Only the room's owner can add members.")
         existing = await _member(conn, room_id, user_id)
@@ -230,12 +236,7 @@ async def remove_member(
     if stay_out and caller != user_id:
         raise OnlyLeavingMayStayOut
     async with db.transaction() as conn:
-        await log.lock_room(conn, room_id)
-        me = await _member(conn, room_id, caller)
-        if me is None:
-            raise NotAMember
-        if me["kind"] == "direct":
-            raise DirectRoomFixed("A direct room has its two members for good.")
+        me = await _locked_member(conn, room_id, caller, members_change=True)
         if caller != user_id and me["role"] != "owner":
             raise NotOwner("Only the room's owner can remove other members.")
         removed = await conn.fetchrow(_DELETE_MEMBER, room_id, user_id)
