@@ -7,16 +7,26 @@ import asyncio
 import logging
 import sys
 
+from chat_api.core import otel_env
 from chat_api.core.config import ConfigError, load_settings
 from chat_api.core.logging import configure_logging
 
 log = logging.getLogger("chat_api")
 
 
+def check_telemetry() -> None:
+    """The OTEL_* choices (exporters, protocols), checked before anything starts."""
+    try:
+        otel_env.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     settings.require_database()
     settings.require_auth()
+    check_telemetry()
     configure_logging(settings)
     for warning in settings.auth_warnings():
         log.warning(warning)
@@ -108,6 +118,7 @@ def cmd_revoke_streams(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from chat_api.devserver import run_dev
 
+    check_telemetry()
     return run_dev()
 
 

@@ -130,6 +130,16 @@ CONFIG_ERRORS = [
         "DATABASE_URL",
     ),
     ("log-format-xml", {"DATABASE_URL": DB, **SECRET, "CHAT_API_LOG_FORMAT": "xml"}, "CHAT_API_LOG_FORMAT"),
+    (
+        "traces-exporter-zipkin",
+        {"DATABASE_URL": DB, **SECRET, "OTEL_TRACES_EXPORTER": "zipkin"},
+        "OTEL_TRACES_EXPORTER",
+    ),
+    (
+        "protocol-http-json",
+        {"DATABASE_URL": DB, **SECRET, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ),
 ]
 
 

@@ -358,6 +358,39 @@ async def test_signals_can_be_chosen_one_by_one(
     assert receiver.logs == [] and receiver.metrics == []
 
 
+@pytest.mark.parametrize("switched_off", [True, False], ids=["traces and metrics none", "all on (control)"])
+async def test_a_logs_only_collector_gets_the_logs_and_no_exporter_complains(
+    otel_env: Configure,
+    start_server: ServerFactory,
+    make_user: UserFactory,
+    caplog: pytest.LogCaptureFixture,
+    switched_off: bool,
+) -> None:
+    """The platform's collector has a logs pipeline only (docs/observability.md): with the other two
+    signals switched off, the logs arrive and nothing in the server's log says an export failed. The
+    control, every signal on against the same collector, shows the check would see the failures."""
+    switches = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"} if switched_off else {}
+    with GrpcReceiver(signals=("logs",)) as logs_only:
+        otel_env(logs_only.endpoint, **switches)
+        running = await start_server()
+        alice = make_user("alice", running.url)
+        room = await alice.create_room("logs only")
+        assert (await alice.send(room["id"], "hello")).status_code == 201
+        await asyncio.sleep(0.6)  # more than a log batch and a metric export interval
+        await running.stop()
+        routes = {record.attributes.get("http.route") for record in logs_only.log_records()}
+    assert MESSAGES_ROUTE in routes, routes
+    complaints = [
+        f"{record.name}: {record.getMessage()}"
+        for record in caplog.records
+        if record.name.startswith("opentelemetry") and record.levelno >= logging.WARNING
+    ]
+    if switched_off:
+        assert complaints == []
+    else:
+        assert any("UNIMPLEMENTED" in line or "export" in line.lower() for line in complaints), complaints
+
+
 @pytest.mark.parametrize("how", ["no endpoint", "OTEL_SDK_DISABLED"])
 async def test_without_an_endpoint_or_when_disabled_nothing_is_sent(
     otel_env: Configure,

@@ -22,6 +22,23 @@ def protocol(signal: str) -> str:
 
 
 SIGNALS = ("TRACES", "LOGS", "METRICS")
+EXPORTERS = ("otlp", "none")
+
+
+def exporter(signal: str) -> str:
+    """OTEL_<SIGNAL>_EXPORTER: `otlp` (the default) or `none`, which switches that signal off alone
+    (a collector with no pipeline for it would refuse every batch)."""
+    value = (_env(f"OTEL_{signal}_EXPORTER") or "otlp").lower()
+    if value not in EXPORTERS:
+        raise ValueError(f"OTEL_{signal}_EXPORTER: {value!r} is not otlp or none")
+    return value
+
+
+def check() -> None:
+    """Raises ValueError naming the variable when an OTEL_* choice is not one this service can make."""
+    for signal in SIGNALS:
+        exporter(signal)
+        protocol(signal)
 
 
 def signal_enabled(signal: str) -> bool:
@@ -29,7 +46,7 @@ def signal_enabled(signal: str) -> bool:
     OTEL_<SIGNAL>_EXPORTER is not `none`."""
     if (_env("OTEL_SDK_DISABLED") or "false").lower() == "true":
         return False
-    if (_env(f"OTEL_{signal}_EXPORTER") or "otlp").lower() == "none":
+    if exporter(signal) == "none":
         return False
     return bool(_env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or _env("OTEL_EXPORTER_OTLP_ENDPOINT"))
 

@@ -16,7 +16,7 @@ from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider, Obser
 from opentelemetry.trace import NoOpTracerProvider, Tracer
 
 import chat_api
-from chat_api.core.otel_env import enabled, protocol
+from chat_api.core.otel_env import SIGNALS, enabled, protocol, signal_enabled
 
 if TYPE_CHECKING:
     from chat_api.core.telemetry_sdk import TelemetrySdk
@@ -74,7 +74,13 @@ class Telemetry:
         self._sdk = sdk
         self.tracer_provider.target = sdk.tracer_provider
         self.meter_provider.target = sdk.meter_provider
-        log.info("telemetry goes by OTLP (%s)", protocol("TRACES"))
+        on = [signal.lower() for signal in SIGNALS if signal_enabled(signal)]
+        off = [signal.lower() for signal in SIGNALS if not signal_enabled(signal)]
+        log.info(
+            "telemetry goes by OTLP: %s%s",
+            ", ".join(f"{signal} ({protocol(signal.upper())})" for signal in on),
+            f"; not {', '.join(off)}" if off else "",
+        )
 
     def shutdown(self) -> None:
         """Flushes what is queued, bounded: a dead collector cannot hold up the exit."""

@@ -206,6 +206,13 @@ def test_otel_exporter_points_at_the_platform_collector(overlay: tuple[str, list
     assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == COLLECTOR
     assert data["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     assert data["OTEL_EXPORTER_OTLP_INSECURE"] == "true"
+    # The platform's collector takes logs only (to Loki): traces and metrics are switched off, and
+    # the values are ones the service accepts.
+    assert (data["OTEL_LOGS_EXPORTER"], data["OTEL_TRACES_EXPORTER"], data["OTEL_METRICS_EXPORTER"]) == (
+        "otlp",
+        "none",
+        "none",
+    )
     # ... and the NetworkPolicy lets the pods reach it.
     endpoint = urllib.parse.urlsplit(COLLECTOR)
     namespace = str(endpoint.hostname).split(".")[1]

@@ -259,26 +259,33 @@ def _servicer(base: type, response: type, store: Store) -> Any:
 
 class GrpcReceiver(Store):
     """An OTLP/gRPC collector on 127.0.0.1 and a free port: `endpoint` is what
-    OTEL_EXPORTER_OTLP_ENDPOINT should say (with OTEL_EXPORTER_OTLP_INSECURE=true)."""
+    OTEL_EXPORTER_OTLP_ENDPOINT should say (with OTEL_EXPORTER_OTLP_INSECURE=true). It serves the
+    `signals` given, like a collector with a pipeline for each; an export of any other signal is
+    answered UNIMPLEMENTED, as a collector without that pipeline answers it."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[str, ...] = ("traces", "logs", "metrics")) -> None:
         super().__init__()
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="otlp-grpc-receiver")
         self._server = grpc.server(self._pool)
-        traces = _servicer(
-            trace_service_pb2_grpc.TraceServiceServicer, trace_service_pb2.ExportTraceServiceResponse, self
-        )
-        logs = _servicer(
-            logs_service_pb2_grpc.LogsServiceServicer, logs_service_pb2.ExportLogsServiceResponse, self
-        )
-        metrics = _servicer(
-            metrics_service_pb2_grpc.MetricsServiceServicer,
-            metrics_service_pb2.ExportMetricsServiceResponse,
-            self,
-        )
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(traces, self._server)  # type: ignore[no-untyped-call]
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(logs, self._server)  # type: ignore[no-untyped-call]
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(metrics, self._server)  # type: ignore[no-untyped-call]
+        if "traces" in signals:
+            traces = _servicer(
+                trace_service_pb2_grpc.TraceServiceServicer,
+                trace_service_pb2.ExportTraceServiceResponse,
+                self,
+            )
+            trace_service_pb2_grpc.add_TraceServiceServicer_to_server(traces, self._server)  # type: ignore[no-untyped-call]
+        if "logs" in signals:
+            logs = _servicer(
+                logs_service_pb2_grpc.LogsServiceServicer, logs_service_pb2.ExportLogsServiceResponse, self
+            )
+            logs_service_pb2_grpc.add_LogsServiceServicer_to_server(logs, self._server)  # type: ignore[no-untyped-call]
+        if "metrics" in signals:
+            metrics = _servicer(
+                metrics_service_pb2_grpc.MetricsServiceServicer,
+                metrics_service_pb2.ExportMetricsServiceResponse,
+                self,
+            )
+            metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(metrics, self._server)  # type: ignore[no-untyped-call]
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
