@@ -142,6 +142,22 @@ async def test_outsiders_and_removed_members_get_404_and_no_typing(
         assert_problem(await anonymous.post(f"/v1/rooms/{rid}/typing"), 401)
 
 
+async def test_a_refused_call_does_not_hold_back_the_first_notice_once_a_member(
+    server: RunningServer, alice: User, bob: User, carol: User
+) -> None:
+    """An outsider's typing is refused (404) and remembered nowhere: added to the room a moment later,
+    its first notice is forwarded at once, not 2 s later."""
+    room = await alice.create_room(members=[bob])
+    rid = room["id"]
+    async with open_stream(server.url, bob.token, room_id=rid) as bob_stream:
+        assert_problem(await typing(carol, rid), 404)
+        assert (await alice.http.put(f"/v1/rooms/{rid}/members/{carol.name}")).status_code == 201
+        sent_at = datetime.now(UTC)
+        assert (await typing(carol, rid)).status_code == 204
+        [frame] = await bob_stream.wait_for(1, "typing")
+    assert_typing_frame(frame, rid, carol.name, sent_at)
+
+
 async def test_a_stream_of_another_room_gets_no_typing(server: RunningServer, alice: User, bob: User) -> None:
     here = await alice.create_room(members=[bob])
     there = await alice.create_room(members=[bob])

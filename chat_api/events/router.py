@@ -199,12 +199,16 @@ async def typing(
     """Tell the room's other members you are typing: `event: typing` on their streams (no `id:`, never
     stored or replayed), at most once per 2 s per user and room; calls in between answer 204 too."""
     limits.check(Action.TYPING, user)
+    key = (user, room_id)
+    due = hub.typing_sent.due(key)
     async with db.connection() as conn:
-        if hub.typing_sent.passes((user, room_id)):
+        if due:
             # Membership and the NOTIFY in one statement: an outsider's notice is never sent.
             member = await conn.fetchval(_NOTIFY_IF_MEMBER, room_id, user, notice(room_id, user))
         else:
             member = await conn.fetchval(_IS_MEMBER, room_id, user)
     if member is None:
-        raise NotAMember
+        raise NotAMember  # and nothing recorded: once a member, the first notice goes at once
+    if due:
+        hub.typing_sent.passed(key)
     return Response(status_code=204)

@@ -31,15 +31,23 @@ class Throttle:
         self.every = every
         self._last: OrderedDict[tuple[str, uuid.UUID], float] = OrderedDict()
 
-    def passes(self, key: tuple[str, uuid.UUID]) -> bool:
-        now = time.monotonic()
+    def due(self, key: tuple[str, uuid.UUID]) -> bool:
+        """Whether `key` may pass now (nothing is recorded)."""
         last = self._last.get(key)
-        if last is not None and now - last < self.every:
-            return False
-        self._last[key] = now
+        return last is None or time.monotonic() - last >= self.every
+
+    def passed(self, key: tuple[str, uuid.UUID]) -> None:
+        """Records that `key` passed now."""
+        self._last[key] = time.monotonic()
         self._last.move_to_end(key)
         if len(self._last) > MAX_TRACKED:
             self._last.popitem(last=False)
+
+    def passes(self, key: tuple[str, uuid.UUID]) -> bool:
+        """`due`, and if so recorded as passed."""
+        if not self.due(key):
+            return False
+        self.passed(key)
         return True
 
 
