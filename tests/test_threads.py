@@ -179,6 +179,9 @@ async def test_a_deleted_reply_stays_in_the_thread_as_a_tombstone(alice: User, b
     assert (await bob.http.delete(f"/v1/rooms/{rid}/messages/{reply['seq']}")).status_code == 204
     items = (await thread(alice, rid, root["seq"])).json()["items"]
     assert [(m["seq"], m["deleted"], m["body"]) for m in items] == [(reply["seq"], True, None)]
+    # ... and in the count (docs/api.md, "Threads").
+    counted = (await alice.http.get(f"/v1/rooms/{rid}/messages/{root['seq']}")).json()
+    assert (counted["reply_count"], counted["last_reply_seq"]) == (1, reply["seq"])
 
 
 async def test_a_message_without_replies_has_an_empty_thread(alice: User) -> None:
