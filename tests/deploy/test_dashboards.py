@@ -35,7 +35,6 @@ from tests.deploy.manifests import (
     kustomize,
     one,
 )
-from tests.deploy.test_schemas import KUBERNETES_VERSION
 from tests.support.logql import (
     DASHBOARDS,
     Parsed,
@@ -52,6 +51,7 @@ from tests.support.logql import (
 )
 
 Board = dict[str, Any]
+KUBERNETES_VERSION = "1.34.0"  # as in test_schemas.py
 # The data source types each dashboard may use: this platform has Loki and no Prometheus.
 ALLOWED_TYPES = {"loki": {"loki"}, "prometheus": {"prometheus", "loki"}}
 CONFIGMAPS = {"loki": "chat-api-grafana-dashboard-loki", "prometheus": "chat-api-grafana-dashboard"}
