@@ -16,6 +16,7 @@ import pytest
 from chat_api.app import create_app
 from chat_api.events.router import STREAM_OPENED
 from tests.support.logql import (
+    SAMPLE_TRACE_ID,
     Query,
     dashboard,
     docs_queries,
@@ -111,12 +112,19 @@ async def test_every_field_the_loki_queries_read_is_one_the_service_writes(
     assert {e.get("scope_name") for e in lines} == {"chat_api.errors", "chat_api.access"}, lines
     assert all(e.get("trace_id") == trace_id for e in lines)
 
-    # The docs' trace-id query (OTLP path) finds the same lines.
-    (docs,) = [
-        q for q in docs_queries() if q.template.startswith("{service_name=") and "trace_id=" in q.template
+    # The docs' trace-id queries for OTLP logs (the lines that select service_name and filter on
+    # trace_id) find the same lines.
+    docs = [
+        q.template.replace(SAMPLE_TRACE_ID, trace_id)
+        for q in docs_queries()
+        if q.template.startswith("{service_name=")
+        and "| trace_id=" in q.template
+        and " or " not in q.template
     ]
-    (from_docs,) = parse([docs.template.replace("4bf92f3577b34da6a3ce929d0e0e4736", trace_id)])
-    assert matching(from_docs, entries) == lines
+    assert docs, "the docs show no LogQL that finds a request's lines by trace id"
+    for text, result in zip(docs, parse(docs), strict=True):
+        if not result.line_filters:
+            assert matching(result, entries) == lines, text
 
     # The check is not blind: a field the service does not write, a value it never has, a
     # non-numeric unwrap, and a label filtered as an index label are each caught.
