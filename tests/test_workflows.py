@@ -303,6 +303,22 @@ def test_ci_test_job_installs_the_system_packages_the_tests_use() -> None:
     assert install < pytest_step(steps)
 
 
+def test_ci_installs_the_logql_parser_before_the_tests() -> None:
+    """Both jobs run LogQL tests (tests/deploy/test_dashboards.py, tests/test_loki_dashboard.py),
+    which fail under CI=true without Node and @grafana/lezer-logql: .ci/run's install script runs
+    first, on the Node the container job installs from Debian."""
+    for name in ("test", "test-testcontainers"):
+        steps = ci_job(name)["steps"]
+        install = index_of(
+            steps, lambda s: s.get("run", "").strip() == "bash tests/deploy/logql/install.sh", "installs it"
+        )
+        assert install < pytest_step(steps), name
+    steps = ci_job("test")["steps"]
+    apt = index_of(steps, lambda s: "apt-get install" in s.get("run", ""), "runs apt-get install")
+    assert {"nodejs", "npm"} <= set(steps[apt]["run"].split())
+    assert "bash tests/deploy/logql/install.sh" in (ROOT / ".ci" / "run").read_text()
+
+
 def test_ci_test_job_checks_out_the_whole_history_before_the_tests() -> None:
     for name in ("test", "test-testcontainers"):
         steps = ci_job(name)["steps"]

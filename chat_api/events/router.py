@@ -31,6 +31,8 @@ log = logging.getLogger("chat_api.events")
 REPLAY_BATCH = 500
 RETRY_ADVICE_MS = 2000
 STREAM_HEADERS = {"X-Accel-Buffering": "no"}  # Cache-Control: no-store comes with every /v1 answer
+# The attribute of the "event stream opened" record (in Loki: structured metadata chat_stream_opened).
+STREAM_OPENED = "chat.stream.opened"
 _IS_MEMBER = "SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2"
 _NOTIFY_IF_MEMBER = (
     f"SELECT 1, pg_notify('{TYPING_CHANNEL}', $3) FROM members WHERE room_id = $1 AND user_id = $2"
@@ -100,6 +102,10 @@ async def events(
             kind="shutting-down",
             headers={"Retry-After": "1"},
         ) from None
+    # The access log's line for this request is written when the stream ends (its "closed"); this
+    # one marks it accepted, for the Loki dashboard's opened/closed panel. Nothing the client sent
+    # but the user id, which the access log carries too.
+    log.info("event stream opened", extra={STREAM_OPENED: True, "user.id": user})
     return EventStreamResponse(
         _stream(db, subscription, user, room, start, reset_to, head),
         subscription,

@@ -1,4 +1,5 @@
-"""The tenant's AppProject rule and the ArgoCD names it checks (the entry points' and pgo's tests)."""
+"""The tenant's AppProject rules (the service's project and the dashboards' project) and the ArgoCD
+names they check (the entry points', the dashboards' and pgo's tests)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ NAMESPACES = {"dev": "product-team-dev", "prd": "product-team"}
 # The cluster names the Applications and the AppProjects point at (ArgoCD's cluster secrets).
 CLUSTERS = {"dev": "dev", "prd": "prd"}
 PROJECT = "product-team-chat"
+# The Grafana dashboards (deploy/observability) go to the platform's monitoring namespace, by an
+# Application and a project of their own that allow ConfigMaps there and nothing else.
+DASHBOARDS_PROJECT = "product-team-chat-dashboards"
+DASHBOARDS_NAMESPACE = "monitoring"
+DASHBOARDS_SOURCE = "deploy/observability"
 
 # The namespaced kinds the tenant's AppProject may whitelist, and nothing broader: what the overlays
 # render, the HPA (an opt-in component), the SealedSecret of the JWT key and a pgo PostgresCluster
@@ -35,6 +41,20 @@ ONLY_WHEN_RENDERED = {("gateway.networking.k8s.io", "HTTPRoute")}
 
 def application(argocd_objects: list[Obj], env: str) -> Obj:
     return one(argocd_objects, "Application", f"chat-api-{env}")
+
+
+def dashboards_application(argocd_objects: list[Obj], env: str) -> Obj:
+    return one(argocd_objects, "Application", f"chat-api-dashboards-{env}")
+
+
+def is_dashboards_object(obj: Obj) -> bool:
+    name = str(obj["metadata"]["name"])
+    return name == DASHBOARDS_PROJECT or name.startswith("chat-api-dashboards-")
+
+
+def service_objects(argocd_objects: list[Obj]) -> list[Obj]:
+    """The service's AppProject, Application and ImageUpdater, without the dashboards' two."""
+    return [o for o in argocd_objects if not is_dashboards_object(o)]
 
 
 def group_kinds(objs: list[Obj]) -> set[tuple[str, str]]:
@@ -87,4 +107,38 @@ def project_problems(project: Obj, app: Obj, rendered: list[Obj], env: str) -> l
     for field in ("sourceRepos", "destinations"):
         if "*" in yaml.safe_dump(spec.get(field)):
             problems.append(f"{field} has a wildcard")
+    return problems
+
+
+def dashboards_project_problems(project: Obj, app: Obj, rendered: list[Obj], env: str) -> list[str]:
+    """The dashboards' project admits this repository, only namespace monitoring of this cluster, only
+    ConfigMaps and no cluster-scoped kind; what deploy/observability renders fits in it."""
+    problems = []
+    spec = project["spec"]
+    if project["metadata"]["name"] != DASHBOARDS_PROJECT or app["spec"]["project"] != DASHBOARDS_PROJECT:
+        problems.append(
+            f"Application project {app['spec']['project']!r}, AppProject {project['metadata']['name']!r}"
+        )
+    if spec.get("sourceRepos") != [REPO_URL] or app["spec"]["source"]["repoURL"] != REPO_URL:
+        problems.append(f"sourceRepos {spec.get('sourceRepos')}, want [{REPO_URL}]")
+    want_destination = {"name": CLUSTERS[env], "namespace": DASHBOARDS_NAMESPACE}
+    if spec.get("destinations") != [want_destination]:
+        problems.append(f"destinations {spec.get('destinations')}, want [{want_destination}]")
+    if app["spec"]["destination"] != want_destination:
+        problems.append(f"Application destination {app['spec']['destination']}, want {want_destination}")
+    if spec.get("clusterResourceWhitelist"):
+        problems.append(
+            f"clusterResourceWhitelist {spec['clusterResourceWhitelist']}: no cluster-scoped kind"
+        )
+    if spec.get("namespaceResourceWhitelist") != [{"group": "", "kind": "ConfigMap"}]:
+        problems.append(
+            f"namespaceResourceWhitelist {spec.get('namespaceResourceWhitelist')}, want ConfigMap alone"
+        )
+    for key in ("sourceNamespaces", "clusterResourceBlacklist", "namespaceResourceBlacklist"):
+        if key in spec:
+            problems.append(f"unexpected {key}")
+    if kinds := group_kinds(rendered) - {("", "ConfigMap")}:
+        problems.append(f"{DASHBOARDS_SOURCE} renders kinds the project does not allow: {sorted(kinds)}")
+    if namespaces := {o["metadata"].get("namespace") for o in rendered} - {DASHBOARDS_NAMESPACE}:
+        problems.append(f"{DASHBOARDS_SOURCE} renders objects outside {DASHBOARDS_NAMESPACE}: {namespaces}")
     return problems

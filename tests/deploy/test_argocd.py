@@ -1,6 +1,7 @@
 """The ArgoCD entry points (deploy/argocd/<env>: an AppProject, an Application and an ImageUpdater
-per cluster) and what a write-back does: the updater commits a new tag to the overlay's
-kustomization (dev) or proposes it in a pull request (prd), and only the two images change.
+per cluster for the service, and an AppProject and an Application for its Grafana dashboards, which
+tests/deploy/test_dashboards.py checks) and what a write-back does: the updater commits a new tag to
+the overlay's kustomization (dev) or proposes it in a pull request (prd), and only the two images change.
 
 The invariants are functions that return the problems they find; each runs against the real
 entry points (no problems) and against mutated copies that must each be caught."""
@@ -21,11 +22,13 @@ import yaml
 
 from tests.deploy.argocd_rules import (
     CLUSTERS,
+    DASHBOARDS_PROJECT,
     NAMESPACES,
     PROJECT,
     REPO_URL,
     application,
     project_problems,
+    service_objects,
 )
 from tests.deploy.manifests import (
     DEPLOY,
@@ -85,21 +88,30 @@ def allow_tags_regex(allow_tags: str) -> re.Pattern[str]:
 
 
 def entry_point_problems(objs: list[Obj], env: str) -> list[str]:
-    """deploy/argocd/<env> renders exactly one AppProject, Application and ImageUpdater, all of this
-    environment, in the argocd namespace, and nothing of the other environment."""
+    """deploy/argocd/<env> renders exactly one AppProject, Application and ImageUpdater for the
+    service and one AppProject and Application for its dashboards, all of this environment, in the
+    argocd namespace, and nothing of the other environment."""
     problems = []
-    kinds = sorted(str(o["kind"]) for o in objs)
+    kinds = sorted(str(o["kind"]) for o in service_objects(objs))
     if kinds != ["AppProject", "Application", "ImageUpdater"]:
-        problems.append(f"renders {kinds}, not one AppProject, Application and ImageUpdater")
+        problems.append(f"renders {kinds}, not one AppProject, Application and ImageUpdater for the service")
+    dashboards = sorted(
+        (str(o["kind"]), o["metadata"]["name"]) for o in objs if o not in service_objects(objs)
+    )
+    if dashboards != [("AppProject", DASHBOARDS_PROJECT), ("Application", f"chat-api-dashboards-{env}")]:
+        problems.append(f"renders {dashboards} for the dashboards, not their AppProject and Application")
     for obj in objs:
         if obj["metadata"].get("namespace") != "argocd":
             problems.append(f"{obj['kind']}/{obj['metadata']['name']} is not in namespace argocd")
-    names = {o["metadata"]["name"] for o in objs if o["kind"] in ("Application", "ImageUpdater")}
+    names = {
+        o["metadata"]["name"] for o in service_objects(objs) if o["kind"] in ("Application", "ImageUpdater")
+    }
     if names != {f"chat-api-{env}"}:
         problems.append(f"Application/ImageUpdater names {sorted(names)}, want chat-api-{env}")
     text = yaml.safe_dump_all(objs)
     foreign = [
         f"chat-api-{other(env)}",
+        f"chat-api-dashboards-{other(env)}",
         f"deploy/overlays/{other(env)}",
         f"namespace: {NAMESPACES[other(env)]}\n",
     ]
@@ -447,7 +459,7 @@ def test_project_check_catches(
     mutate: Callable[[Obj], None],
     expected: str,
 ) -> None:
-    objs = _mutated(argocd_entry_points[env], "AppProject", mutate)
+    objs = _mutated(service_objects(argocd_entry_points[env]), "AppProject", mutate)
     project = one(objs, "AppProject")
     problems = project_problems(project, application(objs, env), rendered[env], env)
     assert any(expected in p for p in problems), problems
@@ -459,7 +471,7 @@ def test_project_check_renders_the_overlay_it_guards(
     """An overlay that starts rendering a kind (here the gateway component's HTTPRoute) fails the
     project until the project allows it."""
     gateway = [o for o in kustomize(DEPLOY / "components" / "gateway-api") if o["kind"] == "HTTPRoute"]
-    objs = argocd_entry_points["dev"]
+    objs = service_objects(argocd_entry_points["dev"])
     problems = project_problems(
         one(objs, "AppProject"), application(objs, "dev"), rendered["dev"] + gateway, "dev"
     )

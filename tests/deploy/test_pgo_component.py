@@ -32,7 +32,7 @@ import yaml
 from asyncpg import connect_utils
 
 from chat_api.core.dburl import parse_database_url
-from tests.deploy.argocd_rules import application, project_problems
+from tests.deploy.argocd_rules import PROJECT, application, project_problems
 from tests.deploy.manifests import (
     DEPLOY,
     OVERLAYS,
@@ -399,7 +399,7 @@ def test_the_tenant_project_allows_the_pgo_render(
 ) -> None:
     name, objs = pgo_overlay
     entry = argocd_entry_points[name]
-    assert project_problems(one(entry, "AppProject"), application(entry, name), objs, name) == []
+    assert project_problems(one(entry, "AppProject", PROJECT), application(entry, name), objs, name) == []
 
 
 @pytest.fixture(scope="module")
