@@ -115,6 +115,21 @@ def cmd_revoke_streams(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Prints the service's OpenAPI document (what the client libraries' types are generated from):
+    built from the application, no database or key needed."""
+    import json
+
+    from chat_api.app import create_app
+    from chat_api.core.config import Settings
+
+    placeholder = Settings(  # type: ignore[call-arg]
+        database_url="postgresql://unused@localhost/unused", jwt_secret="x" * 32, web_client=False
+    )
+    print(json.dumps(create_app(placeholder).openapi(), indent=2, ensure_ascii=False))
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from chat_api.devserver import run_dev
 
@@ -131,6 +146,9 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="serve HTTP (production; needs DATABASE_URL)").set_defaults(
         run=cmd_serve
     )
+    commands.add_parser(
+        "openapi", help="print the OpenAPI document (no database needed; the client libraries' source)"
+    ).set_defaults(run=cmd_openapi)
     migrate = commands.add_parser(
         "migrate", help="upgrade the database schema to head (safe to run twice at once)"
     )

@@ -457,3 +457,12 @@ def test_dev_stops_its_database_and_exits_143_on_sigterm(dev_dir: Path, tmp_path
         code = dev.proc.wait(15)
     assert code == 143, dev.output()
     assert "chat-api stopped" in dev.output()
+
+
+def test_openapi_prints_the_document_without_a_database_or_key() -> None:
+    """What the client libraries' types are generated from (clients/)."""
+    result = run_cli("openapi", env=clean_env())
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["info"]["title"] == "chat-api" and document["info"]["version"]
+    assert {"/v1/rooms", "/v1/search", "/v1/dms/{user_id}", "/v1/events"} <= set(document["paths"])
