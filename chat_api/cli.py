@@ -123,7 +123,7 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     from chat_api.app import create_app
     from chat_api.core.config import Settings
 
-    placeholder = Settings(  # type: ignore[call-arg]
+    placeholder = Settings(
         database_url="postgresql://unused@localhost/unused", jwt_secret="x" * 32, web_client=False
     )
     print(json.dumps(create_app(placeholder).openapi(), indent=2, ensure_ascii=False))
