@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from tests.support.problems import assert_problem
@@ -156,6 +157,32 @@ async def test_a_refused_call_does_not_hold_back_the_first_notice_once_a_member(
         assert (await typing(carol, rid)).status_code == 204
         [frame] = await bob_stream.wait_for(1, "typing")
     assert_typing_frame(frame, rid, carol.name, sent_at)
+
+
+async def test_a_notice_on_the_channel_reaches_streams_only_as_the_three_fields(
+    server: RunningServer, database_url: str, alice: User, bob: User
+) -> None:
+    """Whoever else NOTIFYs on chat_typing (anyone with database access can) cannot shape a frame: a
+    line break between JSON tokens or an extra key never reaches a stream, and a payload that is not
+    a notice is dropped."""
+    room = await alice.create_room(members=[bob])
+    rid = room["id"]
+    crafted = '{"room_id": "%s",\n"user_id": "%s", "expires_at": "2030-01-01T00:00:00Z", "id": "v1.x"}'
+    async with open_stream(server.url, bob.token, room_id=rid) as bob_stream:
+        db = await asyncpg.connect(database_url)
+        try:
+            for payload in ("not json", '{"room_id": "x"}', crafted % (rid, alice.name)):
+                await db.execute("SELECT pg_notify('chat_typing', $1)", payload)
+        finally:
+            await db.close()
+        [frame] = await bob_stream.wait_for(1, "typing")
+        await settle(bob_stream, alice, rid)
+    assert frame.id is None and frame.data == {
+        "room_id": rid,
+        "user_id": alice.name,
+        "expires_at": "2030-01-01T00:00:00Z",
+    }
+    assert len(bob_stream.of("typing")) == 1
 
 
 async def test_a_stream_of_another_room_gets_no_typing(server: RunningServer, alice: User, bob: User) -> None:

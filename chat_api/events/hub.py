@@ -482,11 +482,18 @@ class Hub:
     def _typing(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         try:
             notice = orjson.loads(payload)
-            user, room = notice["user_id"], uuid.UUID(notice["room_id"])
-        except (ValueError, KeyError, TypeError):
+            user, room, until = (
+                str(notice["user_id"]),
+                uuid.UUID(notice["room_id"]),
+                str(notice["expires_at"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("typing notice ignored: not one this service sends")
             return
-        self.forward_typing(user, room, payload)
+        # Written out again rather than passed through: whatever else a NOTIFY on the channel carried
+        # (a line break between JSON tokens would end the SSE frame) never reaches a stream.
+        data = orjson.dumps({"room_id": str(room), "user_id": user, "expires_at": until}).decode()
+        self.forward_typing(user, room, data)
 
     def forward_typing(self, user: str, room: uuid.UUID, data: str) -> None:
         """Offers a typing frame (no position) to the room's other members' streams, unless this
