@@ -6,7 +6,6 @@ opened is written once per accepted stream."""
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -27,7 +26,7 @@ from tests.support.logql import (
     require_logql_parser,
 )
 from tests.support.loki import LokiEntry, label_name, label_value, loki_entry
-from tests.support.otlp import GrpcReceiver, LogView
+from tests.support.otlp import GrpcReceiver, LogView, otel_environment
 from tests.support.servers import ServerFactory, serve
 from tests.support.settings import make_settings
 from tests.support.sse import open_stream
@@ -42,27 +41,20 @@ def otlp_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[GrpcReceiver]:
     """An OTLP receiver, and the environment that sends the app's telemetry to it as the platform
     does (logs only: no trace or metric store; the switches are honoured where the app reads them),
     with INFO records on. Set before the app is built: it reads the environment then."""
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.INFO)
-    with GrpcReceiver() as receiver:
-        for name, value in {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_TRACES_EXPORTER": "none",
-            "OTEL_METRICS_EXPORTER": "none",
-            "OTEL_BLRP_SCHEDULE_DELAY": "100",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "OTEL_RESOURCE_ATTRIBUTES": RESOURCE_ATTRIBUTES,
-        }.items():
-            monkeypatch.setenv(name, value)
-        try:
-            yield receiver
-        finally:
-            root.setLevel(level)
+    with (
+        GrpcReceiver() as receiver,
+        otel_environment(
+            monkeypatch,
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+            OTEL_EXPORTER_OTLP_INSECURE="true",
+            OTEL_TRACES_EXPORTER="none",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_BLRP_SCHEDULE_DELAY="100",
+            OTEL_BSP_SCHEDULE_DELAY="100",
+            OTEL_RESOURCE_ATTRIBUTES=RESOURCE_ATTRIBUTES,
+        ),
+    ):
+        yield receiver
 
 
 def dashboard_queries() -> list[Query]:

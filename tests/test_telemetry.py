@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import socket
 import statistics
@@ -24,7 +23,7 @@ from fastapi import Request
 import chat_api
 from chat_api.app import create_app
 from chat_api.core.telemetry import Telemetry
-from tests.support.otlp import GrpcReceiver, HttpReceiver, LogView, SpanView, Store
+from tests.support.otlp import GrpcReceiver, HttpReceiver, LogView, SpanView, Store, otel_environment
 from tests.support.ports import free_port
 from tests.support.servers import RunningServer, ServerFactory, serve
 from tests.support.settings import make_settings
@@ -42,12 +41,6 @@ def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
     """Clears ambient OTEL_* settings and offers `configure(endpoint)`, to be called before
     start_server (the app reads the environment when it is built). INFO logs are on, so access
     log records exist."""
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.INFO)
 
     def configure(endpoint: str | None, **extra: str) -> None:
         if endpoint is not None:
@@ -60,10 +53,8 @@ def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
         for name, value in extra.items():
             monkeypatch.setenv(name, value)
 
-    try:
+    with otel_environment(monkeypatch):
         yield configure
-    finally:
-        root.setLevel(level)
 
 
 @pytest.fixture

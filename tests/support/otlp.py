@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gzip
 import http.server
+import logging
+import os
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,6 +29,26 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def otel_environment(monkeypatch: Any, **values: str) -> Iterator[None]:
+    """The app's OTEL_* environment for a test: every ambient OTEL_* variable cleared, `values` set,
+    and INFO records on (so access-log records exist) until the block ends. Enter it before the app
+    is built: the app reads the environment then. `monkeypatch` is pytest's fixture."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
 
 SPAN_KINDS = {
     PbSpan.SPAN_KIND_INTERNAL: "INTERNAL",
