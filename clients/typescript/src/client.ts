@@ -27,7 +27,7 @@ import type {
 export type TokenProvider = (options: { refresh: boolean }) => string | null | Promise<string | null>;
 
 export interface ClientOptions {
-  /** The service's origin, e.g. "https://chat.example.com"; "" (the default) is this page's origin. */
+  /** The service's origin (scheme, host, port); "" (the default) is this page's origin. */
   baseUrl?: string;
   /** A token provider, or a fixed token. Without one no Authorization header is sent. */
   token?: TokenProvider | string;
