@@ -41,7 +41,9 @@ def node_env(server: ServeProcess, database_url: str, **extra: str) -> dict[str,
         "CHAT_API_TEST_SECRET": TEST_SECRET,
         "CHAT_API_TEST_VERSION": chat_api.__version__,
         # How the reset test makes its cursor stale: ages the room's events and prunes the log.
-        "CHAT_API_TEST_AGE_EVENTS": json.dumps([sys.executable, "-m", "tests.support.eventlog", database_url]),
+        "CHAT_API_TEST_AGE_EVENTS": json.dumps(
+            [sys.executable, "-m", "tests.support.eventlog", database_url]
+        ),
         "PYTHONPATH": str(REPO),
         **extra,
     }
@@ -53,7 +55,8 @@ def test_the_library_is_versioned_with_the_service() -> None:
     exported = re.search(r'VERSION = "([^"]+)"', (LIBRARY / "src" / "version.ts").read_text())
     assert exported is not None
     versions = {package["version"], lock["version"], lock["packages"][""]["version"], exported.group(1)}
-    assert versions == {chat_api.__version__}, f"clients/typescript is {versions}, the service {chat_api.__version__}"
+    service = chat_api.__version__
+    assert versions == {service}, f"clients/typescript is {versions}, the service {service}"
 
 
 def test_the_generated_types_are_those_of_the_services_openapi_document() -> None:
