@@ -319,6 +319,29 @@ def test_ci_installs_the_logql_parser_before_the_tests() -> None:
     assert "bash tests/deploy/logql/install.sh" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_ci_builds_the_typescript_client_before_the_tests() -> None:
+    """tests/clients fail under CI=true without clients/typescript's npm modules: both test jobs
+    install them first, and the test job (like .ci/run) builds the package with `npm pack`."""
+    install = "bash clients/typescript/install.sh"
+    for name in ("test", "test-testcontainers"):
+        steps = ci_job(name)["steps"]
+        at = index_of(steps, lambda s: s.get("run", "").strip() == install, "installs it")
+        assert at < pytest_step(steps), name
+    steps = ci_job("test")["steps"]
+    pack = index_of(steps, lambda s: s.get("run", "").startswith("npm pack"), "packs it")
+    assert steps[pack]["working-directory"] == "clients/typescript" and pack < pytest_step(steps)
+    run = (ROOT / ".ci" / "run").read_text()
+    assert install in run and "npm pack" in run
+
+
+def test_release_publishes_the_typescript_client_after_the_tests() -> None:
+    job = load(WORKFLOWS / "release.yml")["jobs"]["npm-package"]
+    assert needs_of(job) == {"tests"}
+    [publish] = [s for s in job["steps"] if "npm publish" in s.get("run", "")]
+    assert publish["working-directory"] == "clients/typescript"
+    assert "--provenance" in publish["run"] and job["permissions"]["id-token"] == "write"
+
+
 def test_ci_test_job_checks_out_the_whole_history_before_the_tests() -> None:
     for name in ("test", "test-testcontainers"):
         steps = ci_job(name)["steps"]

@@ -10,7 +10,7 @@ from chat_api.auth.tokens import mint_token
 from chat_api.core.config import Settings
 from chat_api.rooms.schemas import UserId
 
-# Short: the page renews its token through this route before it runs out (static/api.js).
+# Short: the page renews its token through this route before it runs out (static/tokens.js).
 DEV_TOKEN_TTL = 3600
 
 

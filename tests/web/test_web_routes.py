@@ -22,10 +22,13 @@ from chat_api.auth.streamcookie import cookie_name, session_id
 from chat_api.auth.tokens import mint_token
 from chat_api.core.config import ConfigError, load_settings
 from chat_api.devserver import create_dev_app
-from chat_api.web.router import CONTENT_SECURITY_POLICY
+from chat_api.web.router import CONTENT_SECURITY_POLICY, STATIC_DIR
 from tests.support.problems import assert_problem
 from tests.support.servers import RunningServer, serve
 from tests.support.settings import TEST_SECRET, make_settings
+
+# The library's compiled modules the page imports (clients/typescript, copied by its vendor script).
+VENDORED = sorted(path.name for path in (STATIC_DIR / "vendor" / "chat-api-client").glob("*.js"))
 
 
 @contextlib.asynccontextmanager
@@ -100,9 +103,10 @@ async def test_serve_with_the_web_client_serves_it_but_has_no_dev_token(web_serv
         assert_problem(await client.delete("/v1/rooms"), 405)
 
 
-@pytest.mark.parametrize(
-    "path", ["/", "/web/app.js", "/web/style.css", "/web/api.js", "/web/stream.js", "/web/model.js"]
-)
+SCRIPTS = ("app.js", "tokens.js", "model.js", *(f"vendor/chat-api-client/{name}" for name in VENDORED))
+
+
+@pytest.mark.parametrize("path", ["/", "/web/style.css", *(f"/web/{name}" for name in SCRIPTS)])
 async def test_page_and_assets_carry_a_strict_content_security_policy(
     web_server: RunningServer, path: str
 ) -> None:
@@ -119,9 +123,8 @@ async def test_page_and_assets_carry_a_strict_content_security_policy(
 async def test_page_loads_nothing_from_elsewhere(web_server: RunningServer) -> None:
     async with client_of(web_server) as client:
         html = (await client.get("/")).text
-        scripts = [
-            (await client.get(f"/web/{name}")).text for name in ("app.js", "api.js", "stream.js", "model.js")
-        ]
+        scripts = [(await client.get(f"/web/{name}")).text for name in SCRIPTS]
+    assert "index.js" in VENDORED and "stream.js" in VENDORED, "the page imports the library"
     for text in [html, *scripts]:
         assert "http://" not in text and "https://" not in text, "everything must come from this origin"
 

@@ -10,8 +10,12 @@
 // Events that carry less than a whole object are applied locally: a message.created with
 // `thread_root` bumps the root's reply_count (the server sends nothing for the root), and `typing`
 // frames (no id, not in the log) show "bob is typing…" until their `expires_at`.
+//
+// The API and the stream are chat-api-client's (clients/typescript), whose compiled ESM is served
+// from vendor/chat-api-client/ (a fresh build, checked in CI): its stream helper also dedupes by
+// (room_id, seq), resumes with Last-Event-ID, renews the stream cookie and handles reset and reauth.
 
-import { Api, ApiError, devToken, newKey, sendWithRetry, sleep, tokenSource } from "./api.js";
+import { ChatClient, ProblemError, newIdempotencyKey, sleep } from "./vendor/chat-api-client/index.js";
 import {
   QUICK_REACTIONS,
   mentionParts,
@@ -23,7 +27,7 @@ import {
   withReply,
   withoutReaction,
 } from "./model.js";
-import { EventStream } from "./stream.js";
+import { devToken, tokenSource } from "./tokens.js";
 
 const TOKEN_KEY = "chat-api.token";
 const DEV_NAME_KEY = "chat-api.dev-name"; // signed in by name (chat-api dev): tokens are renewed
@@ -35,7 +39,7 @@ const JUMP_PAGES = 20; // how far back (pages of history) a search result is loo
 
 const $ = (id) => document.getElementById(id);
 
-let api = null;
+let api = null; // a ChatClient (clients/typescript, served from vendor/)
 let stream = null;
 let me = null;
 let activeId = null;
@@ -62,7 +66,7 @@ function leave(message) {
   // A clean slate: forget the token and reload the page (once, however many calls fail at once).
   if (leaving) return;
   leaving = true;
-  if (stream) stream.stop();
+  if (stream) stream.close();
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(DEV_NAME_KEY);
   sessionStorage.removeItem(ROOM_KEY);
@@ -71,7 +75,7 @@ function leave(message) {
 }
 
 async function signOut() {
-  if (stream) stream.stop();
+  if (stream) stream.close();
   try {
     await api.closeSession(); // expires the HttpOnly stream cookie
   } catch {
@@ -86,7 +90,7 @@ async function untilReachable(what) {
     try {
       return await what();
     } catch (error) {
-      if (error instanceof ApiError) throw error;
+      if (error instanceof ProblemError) throw error;
       setConnection("reconnecting");
       await sleep(delay);
     }
@@ -106,7 +110,11 @@ function tokensFor(token, devName) {
 }
 
 async function start(token, devName) {
-  api = new Api(tokensFor(token, devName), () => leave("Your sign-in is no longer valid: sign in again."));
+  const tokens = tokensFor(token, devName);
+  api = new ChatClient({
+    token: ({ refresh }) => tokens(refresh),
+    onUnauthorized: () => leave("Your sign-in is no longer valid: sign in again."),
+  });
   let session;
   try {
     session = await untilReachable(() => api.openSession());
@@ -123,14 +131,17 @@ async function start(token, devName) {
   $("chat").hidden = false;
   setConnection("connecting");
   const cursor = await untilReachable(() => loadRooms());
-  stream = new EventStream(session.events_url, {
-    onEvent,
+  // The library's stream helper reads /v1/events with fetch, authenticated by the HttpOnly stream
+  // cookie (`?session=` names it); it renews the cookie (POST /v1/session) before it runs out and on
+  // `event: reauth`, and resumes with Last-Event-ID after any disconnect.
+  stream = api.stream({
+    cursor,
+    session: { id: session.stream_session, expiresIn: session.expires_in, renew: () => api.openSession() },
+    onEvent: (event) => onEvent(event.type, event),
     onTyping,
     onReset: reloadEverything,
-    onState: setConnection,
-    beforeReopen: () => api.openSession(),
+    onState: (state) => state !== "closed" && setConnection(state),
   });
-  stream.start(cursor, session.expires_in);
   const last = sessionStorage.getItem(ROOM_KEY); // a reload reopens the room that was open
   if (last && rooms.has(last)) await openRoom(last);
 }
@@ -202,7 +213,7 @@ async function loadRooms() {
   let streamCursor = null;
   const listed = new Set();
   do {
-    const page = await api.listRooms(cursor);
+    const page = await api.listRooms({ limit: 100, cursor });
     if (streamCursor === null) streamCursor = page.stream_cursor;
     for (const item of page.items) {
       takeListed(item);
@@ -221,7 +232,7 @@ async function fetchRoom(roomId) {
   fetching.set(roomId, []);
   let detail = null;
   try {
-    detail = await api.room(roomId);
+    detail = await api.getRoom(roomId);
   } catch {
     // 404: removed again meanwhile
   }
@@ -323,7 +334,7 @@ async function openRoom(roomId) {
   if (activeId === roomId) $("composer-body").focus();
   try {
     // Members only: its last_seq must not move seenSeq past events the timeline has not seen.
-    room.members = (await api.room(roomId)).members;
+    room.members = (await api.getRoom(roomId)).members;
     if (activeId === roomId) renderHeader(room);
     renderRooms(); // a direct room's title comes from its members
   } catch {
@@ -403,7 +414,7 @@ async function saveRoom() {
 
 async function startDirect(user) {
   try {
-    const room = takeListed(await api.directRoom(user));
+    const room = takeListed((await api.openDirect(user)).room);
     $("room-error").textContent = "";
     renderRooms();
     await openRoom(room.id);
@@ -431,7 +442,7 @@ async function loadNewest(room) {
   room.loading = true;
   room.buffer = [];
   try {
-    const page = await api.history(room.id, undefined, PAGE);
+    const page = await api.history(room.id, { limit: PAGE });
     room.messages = new Map(page.items.map((m) => [m.seq, m]));
     room.hasMore = page.has_more;
   } catch (error) {
@@ -452,7 +463,7 @@ async function loadOlder(room) {
   room.loadingOlder = true;
   try {
     const oldest = Math.min(...room.messages.keys());
-    const page = await api.history(room.id, oldest, PAGE); // keyset: seq < oldest
+    const page = await api.history(room.id, { limit: PAGE, before: oldest }); // keyset: seq < oldest
     const timeline = $("timeline");
     const fromBottom = timeline.scrollHeight - timeline.scrollTop;
     for (const message of page.items) {
@@ -677,7 +688,9 @@ async function toggleReaction(message, emoji, on) {
   const room = rooms.get(message.room_id);
   if (!room) return;
   try {
-    const answer = await api.react(room.id, message.seq, emoji, on);
+    const answer = on
+      ? (await api.addReaction(room.id, message.seq, emoji)).message
+      : await api.removeReaction(room.id, message.seq, emoji);
     // PUT answers the message; DELETE answers nothing (the stream brings the whole message too).
     upsertMessage(room, answer || withoutReaction(heldMessage(room, message.seq, message), emoji, me));
     $("room-error").textContent = "";
@@ -745,7 +758,7 @@ function startEdit(li, message) {
     if (!area.value.trim()) return;
     const room = rooms.get(message.room_id);
     try {
-      const edited = await api.edit(message.room_id, message.seq, area.value);
+      const edited = await api.editMessage(message.room_id, message.seq, area.value);
       $("room-error").textContent = "";
       upsertMessage(room, edited);
     } catch (error) {
@@ -757,7 +770,7 @@ function startEdit(li, message) {
 async function deleteMessage(message) {
   const room = rooms.get(message.room_id);
   try {
-    await api.remove(message.room_id, message.seq);
+    await api.deleteMessage(message.room_id, message.seq);
     $("room-error").textContent = "";
     const held = heldMessage(room, message.seq, message);
     upsertMessage(room, { ...held, body: null, deleted: true, mentions: [], reactions: [] });
@@ -787,8 +800,8 @@ async function openThread(roomId, rootSeq) {
   renderThread();
   try {
     const [root, page] = await Promise.all([
-      mine.root ? null : api.message(roomId, rootSeq),
-      api.thread(roomId, rootSeq),
+      mine.root ? null : api.getMessage(roomId, rootSeq),
+      api.thread(roomId, rootSeq, { limit: 50 }),
     ]);
     if (thread !== mine) return;
     mine.root ||= root;
@@ -808,7 +821,7 @@ async function loadOlderReplies() {
   const mine = thread;
   if (!mine || !mine.hasMore || mine.replies.size === 0) return;
   try {
-    const page = await api.thread(mine.roomId, mine.rootSeq, Math.min(...mine.replies.keys()));
+    const page = await api.thread(mine.roomId, mine.rootSeq, { limit: 50, before: Math.min(...mine.replies.keys()) });
     if (thread !== mine) return;
     for (const reply of page.items) if (!mine.replies.has(reply.seq)) mine.replies.set(reply.seq, reply);
     mine.hasMore = page.has_more;
@@ -880,16 +893,9 @@ async function sendReply() {
   $("thread-error").textContent = "";
   typingSent = { roomId: null, at: 0 };
   try {
-    const reply = await sendWithRetry(
-      api,
-      room.id,
-      text,
-      newKey(),
-      () => {
-        $("thread-error").textContent = "Not sent yet: retrying…";
-      },
-      mine.rootSeq,
-    );
+    const reply = await sendWithRetry(room.id, text, newIdempotencyKey(), () => {
+      $("thread-error").textContent = "Not sent yet: retrying…";
+    }, mine.rootSeq);
     $("thread-error").textContent = "";
     upsertMessage(room, reply);
   } catch (error) {
@@ -903,7 +909,7 @@ async function sendReply() {
 async function search(q, more = false) {
   let page;
   try {
-    page = await api.search(q, more ? searched.cursor : undefined);
+    page = await api.search({ q, limit: 20, cursor: more ? searched.cursor : undefined });
   } catch (error) {
     $("search-results").hidden = false;
     $("search-title").textContent = "Search";
@@ -993,8 +999,18 @@ async function jumpTo(roomId, seq) {
 
 // -- sending ----------------------------------------------------------------------------------------
 
+/**
+ * Sends until the service has the message: network errors and 503s are retried with the SAME
+ * Idempotency-Key (the library keeps it), so a retry of a send that did arrive returns the first
+ * message, never a copy.
+ */
+async function sendWithRetry(roomId, body, idempotencyKey, onRetry, replyTo) {
+  const message = replyTo === undefined ? { body } : { body, reply_to: replyTo };
+  return (await api.sendMessage(roomId, message, { idempotencyKey, attempts: Infinity, onRetry })).message;
+}
+
 async function send(room, text) {
-  const key = newKey(); // one key per message, kept across retries
+  const key = newIdempotencyKey(); // one key per message, kept across retries
   const li = document.createElement("li");
   li.className = "message mine pending";
   li.dataset.roomId = room.id;
@@ -1010,7 +1026,7 @@ async function send(room, text) {
   scrollToBottom();
   typingSent = { roomId: null, at: 0 }; // the next keystroke is news again
   try {
-    const message = await sendWithRetry(api, room.id, text, key, () => {
+    const message = await sendWithRetry(room.id, text, key, () => {
       li.classList.add("retrying");
       status.textContent = "Not sent yet: retrying…";
     });
@@ -1228,7 +1244,7 @@ function wire() {
       .filter(Boolean);
     if (!name) return;
     try {
-      const room = takeListed(await api.createRoom(name, members));
+      const room = takeListed(await api.createRoom({ name, members }));
       event.target.reset();
       $("new-room-box").open = false;
       $("room-error").textContent = "";
@@ -1263,7 +1279,7 @@ function wire() {
     const user = $("add-member-name").value.trim();
     if (!room || !user) return;
     try {
-      const member = await api.addMember(room.id, user);
+      const { member } = await api.addMember(room.id, user);
       room.members = [...(room.members || []).filter((m) => m.user_id !== user), member];
       renderHeader(room);
       event.target.reset();

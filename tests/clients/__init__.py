@@ -1,0 +1,1 @@
+"""The client libraries (clients/), tested against live `chat-api serve` processes."""
