@@ -1,8 +1,6 @@
 """The service's objects as typed dicts, field for field as in its OpenAPI document (`chat-api openapi`);
 tests/clients/test_python_client.py checks them against it so they cannot drift."""
 
-from __future__ import annotations
-
 from typing import Any, NotRequired, TypedDict
 
 
