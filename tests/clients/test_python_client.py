@@ -23,6 +23,7 @@ import pytest
 import chat_api
 from chat_api.auth.tokens import mint_token
 from tests.support.clients import LosingFirstAnswer, Switchboard, require_python_client
+from tests.support.ports import free_port
 from tests.support.settings import TEST_SECRET
 from tests.support.workers import ServeProcess, serve_process
 
@@ -511,3 +512,93 @@ async def test_a_repeated_event_is_applied_once(live: ServeProcess, tag: str) ->
     assert seen.bodies() == ["one", "two", "three", "four"]
     positions = [(e.room_id, e.seq) for e in seen.events()]
     assert len(positions) == len(set(positions))
+
+
+# --- the example bot ---------------------------------------------------------------------------------
+
+
+class Bot:
+    """clients/python/examples/ping_bot.py as a child process, its output in a file."""
+
+    def __init__(self, url: str, user: str, state: Path, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_API_", "DATABASE_URL"))}
+        env.update(CHAT_API_URL=url, CHAT_API_TOKEN=token(user), PING_BOT_STATE=str(state))
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(CLIENT / "examples" / "ping_bot.py")],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_the_ping_bot_answers_every_ping_once_across_a_server_restart_and_its_own_crash(
+    clients_db: tuple[str, str], tmp_path: Path, tag: str
+) -> None:
+    bot_id, alice_id = f"pingbot-{tag}", f"alice-{tag}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    state, log = tmp_path / "bot.cursor", tmp_path / "bot.log"
+    server = ServeProcess(clients_db[1], tmp_path, "first", port, **FAST)
+    bot: Bot | None = None
+    pings: list[tuple[str, int]] = []
+    alice = ChatClient(url, token(alice_id))
+
+    def answers() -> list[tuple[str, int | None]]:
+        """(room, the ping it answers) of every pong of the bot, repeats included."""
+        found = []
+        for rid in {room for room, _ in pings}:
+            for m in alice.get_messages(rid, limit=100)["items"]:
+                if m["sender"] == bot_id:
+                    assert m["body"] == "pong", m
+                    found.append((rid, m["reply_to"]))
+        return found
+
+    def ping(room_id: str) -> None:
+        pings.append((room_id, alice.send_message(room_id, "ping")["seq"]))
+        deadline = time.monotonic() + WAIT
+        while set(answers()) != set(pings):
+            assert bot is not None and bot.proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"no pong for {pings[-1]}:\n{log.read_text()}"
+            time.sleep(0.1)
+
+    try:
+        server.wait_ready(1)
+        general = alice.create_room("general", [bot_id])["id"]
+        bot = Bot(url, bot_id, state, log)
+        deadline = time.monotonic() + WAIT
+        while not state.exists():
+            assert time.monotonic() < deadline and bot.proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        first_place = state.read_text()
+        ping(general)
+        later = alice.create_room("later")["id"]
+        alice.add_member(later, bot_id)  # a room the bot is added to while it runs
+        ping(later)
+
+        server.stop()  # the server restarts: same port, same database
+        server = ServeProcess(clients_db[1], tmp_path, "second", port, **FAST)
+        server.wait_ready(1)
+        ping(general)
+        ping(later)
+
+        # The bot crashes, and its saved place is older than its answers (as after a crash between
+        # sending a pong and saving): the stream replays those pings; their pongs are not sent again.
+        bot.kill()
+        state.write_text(first_place)
+        bot = Bot(url, bot_id, state, log)
+        ping(general)
+        time.sleep(1.5)  # a second answer to anything would come now
+        assert sorted(answers()) == sorted(pings), log.read_text()
+        assert len(pings) == 5
+    finally:
+        if bot is not None:
+            bot.kill()
+        server.stop()
+        alice.close()
