@@ -1,0 +1,1 @@
+"""Tests of the client libraries (clients/) against live `chat-api serve` processes."""
