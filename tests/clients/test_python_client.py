@@ -5,6 +5,7 @@ event stream: resumed across two server processes, reset, reauth, typing, dedupe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -33,8 +34,10 @@ import chat_api_client  # noqa: E402
 from chat_api_client import (  # noqa: E402
     UNSET,
     AsyncChatClient,
+    AsyncEventStream,
     ChatClient,
     Event,
+    EventStream,
     ProblemError,
     Reset,
     StreamItem,
@@ -62,15 +65,30 @@ async def eventually(what: str, condition: Callable[[], bool], timeout: float = 
 
 
 class Collector:
-    """Iterates an async stream in a task, keeping every item and the stream's cursor after it."""
+    """Iterates a stream of either client in the background (a task, or a thread for the sync one),
+    keeping every item."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: EventStream | AsyncEventStream) -> None:
         self.stream = stream
         self.items: list[StreamItem] = []
-        self.task = asyncio.create_task(self._run())
+        self.error: BaseException | None = None
+        if isinstance(stream, EventStream):
+            self.thread: threading.Thread | None = threading.Thread(target=self._read, daemon=True)
+            self.thread.start()
+        else:
+            self.thread = None
+            self.task = asyncio.create_task(self._aread(stream))
 
-    async def _run(self) -> None:
-        async for item in self.stream:
+    def _read(self) -> None:
+        assert isinstance(self.stream, EventStream)
+        try:
+            for item in self.stream:
+                self.items.append(item)
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    async def _aread(self, stream: AsyncEventStream) -> None:
+        async for item in stream:
             self.items.append(item)
 
     def bodies(self) -> list[str]:
@@ -80,11 +98,24 @@ class Collector:
         return [i for i in self.items if isinstance(i, Event) and (not kinds or i.kind in kinds)]
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await self.task
-        if self.task.done() and not self.task.cancelled() and self.task.exception():
-            raise self.task.exception()  # type: ignore[misc]
+        if self.thread is not None:
+            assert isinstance(self.stream, EventStream)
+            self.stream.close()
+            await asyncio.to_thread(self.thread.join, 5)
+            assert not self.thread.is_alive(), "close() ends the iteration"
+        else:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.error is not None:
+            raise self.error
+
+
+def reader(flavour: str, url: str, credential: Any, board: Switchboard) -> Awaited:
+    """A client of `flavour` whose requests go through `board`."""
+    if flavour == "sync":
+        return Awaited(ChatClient(url, credential, transport=board))
+    return Awaited(AsyncChatClient(url, credential, transport=board))
 
 
 # --- the package --------------------------------------------------------------------------------------
@@ -180,6 +211,9 @@ class Awaited:
 
     def __init__(self, client: ChatClient | AsyncChatClient) -> None:
         self.client = client
+
+    def stream(self, *args: Any, **kwargs: Any) -> EventStream | AsyncEventStream:
+        return self.client.stream(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         method = getattr(self.client, name)
@@ -325,9 +359,11 @@ async def test_the_token_provider_is_asked_again_with_refresh_after_a_401(
 # --- the stream --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+@pytest.mark.parametrize(
+    ("flavour", "stop"), [("async", "sigterm"), ("async", "sigkill"), ("sync", "sigkill")]
+)
 async def test_a_stream_cut_on_one_server_process_resumes_on_another_with_nothing_lost_or_repeated(
-    clients_db: tuple[str, str], tmp_path: Path, tag: str, stop: str
+    clients_db: tuple[str, str], tmp_path: Path, tag: str, flavour: str, stop: str
 ) -> None:
     """N messages around the cut, exactly N received, in order: process A stops mid-stream (drained
     or killed), the helper finds process B behind the same address and resumes with Last-Event-ID."""
@@ -338,7 +374,7 @@ async def test_a_stream_cut_on_one_server_process_resumes_on_another_with_nothin
         await asyncio.gather(asyncio.to_thread(a.wait_ready, 1), asyncio.to_thread(b.wait_ready, 1))
         board = Switchboard(a.port)
         alice = AsyncChatClient(b.url, token(f"alice-{tag}"))
-        bob = AsyncChatClient(a.url, token(f"bob-{tag}"), transport=board)
+        bob = reader(flavour, a.url, token(f"bob-{tag}"), board)
         room = await alice.create_room("cut", [f"bob-{tag}"])
         start = (await bob.list_rooms())["stream_cursor"]
         seen = Collector(bob.stream(start))
@@ -363,8 +399,9 @@ async def test_a_stream_cut_on_one_server_process_resumes_on_another_with_nothin
     assert board.streams[0] == start and set(board.streams[1:]) == {before_cut}
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
 async def test_a_cursor_older_than_the_log_resets_once_and_the_stream_goes_on_from_the_reset(
-    live: ServeProcess, clients_db: tuple[str, str], tag: str
+    live: ServeProcess, clients_db: tuple[str, str], tag: str, flavour: str
 ) -> None:
     alice = AsyncChatClient(live.url, token(f"alice-{tag}"))
     room = await alice.create_room("reset")
@@ -374,8 +411,8 @@ async def test_a_cursor_older_than_the_log_resets_once_and_the_stream_goes_on_fr
 
     resets: list[Reset] = []
     board = Switchboard(live.port)
-    reader = AsyncChatClient(live.url, token(f"alice-{tag}"), transport=board)
-    seen = Collector(reader.stream(old, on_reset=resets.append))
+    again = reader(flavour, live.url, token(f"alice-{tag}"), board)
+    seen = Collector(again.stream(old, on_reset=resets.append))
     await eventually("a reset", lambda: len(resets) == 1)
     board.cut()  # before anything else arrives: the resume must start from the reset's id
     await eventually("the helper reconnects", lambda: len(board.streams) == 2)
@@ -409,38 +446,43 @@ async def expire_the_log_and_prune(owner_url: str) -> None:
     assert process.returncode == 0 and b"pruned" in output, output
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
 async def test_a_stream_that_ends_with_reauth_continues_with_a_fresh_token_losing_nothing(
-    live: ServeProcess, tag: str
+    live: ServeProcess, tag: str, flavour: str
 ) -> None:
     """The stream's token lives 2 s; at the heartbeat after it, the service ends the stream with
     `event: reauth`. The helper asks the provider for a fresh token and resumes from its last id: a
     message sent while it does so (by the provider itself, so always in that gap) is not lost."""
-    alice = AsyncChatClient(live.url, token(f"alice-{tag}"))
-    room = await alice.create_room("reauth", [f"bob-{tag}"])
+    alice = ChatClient(live.url, token(f"alice-{tag}"))
+    room = alice.create_room("reauth", [f"bob-{tag}"])
     asked: list[bool] = []
     current = token(f"bob-{tag}", ttl=2)
 
-    async def provider(*, refresh: bool) -> str:
+    def provider(*, refresh: bool) -> str:
         nonlocal current
         asked.append(refresh)
         if refresh:
-            await alice.send_message(room["id"], "while reconnecting")
+            alice.send_message(room["id"], "while reconnecting")
             current = token(f"bob-{tag}")
         return current
 
+    async def async_provider(*, refresh: bool) -> str:
+        return await asyncio.to_thread(provider, refresh=refresh)
+
     board = Switchboard(live.port)
-    bob = AsyncChatClient(live.url, provider, transport=board)
+    bob = reader(flavour, live.url, provider if flavour == "sync" else async_provider, board)
     start = (await bob.list_rooms())["stream_cursor"]
     seen = Collector(bob.stream(start))
-    await alice.send_message(room["id"], "before expiry")
+    await asyncio.to_thread(alice.send_message, room["id"], "before expiry")
     await eventually("the first message", lambda: len(seen.bodies()) == 1)
     before = seen.stream.cursor
     await eventually("a fresh token", lambda: True in asked, timeout=10)
     await eventually("the message sent during the reconnection", lambda: len(seen.bodies()) == 2)
-    await alice.send_message(room["id"], "after")
+    await asyncio.to_thread(alice.send_message, room["id"], "after")
     await eventually("the message after", lambda: len(seen.bodies()) == 3)
     await asyncio.sleep(1)
     await seen.stop()
+    alice.close()
     assert seen.bodies() == ["before expiry", "while reconnecting", "after"]
     assert asked.count(True) == 1, asked
     assert board.streams == [start, before], "one reconnection, from the last id"
@@ -489,13 +531,14 @@ def test_typing_notices_come_through_without_moving_the_cursor_and_close_ends_th
     )
 
 
-async def test_a_repeated_event_is_applied_once(live: ServeProcess, tag: str) -> None:
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_repeated_event_is_applied_once(live: ServeProcess, tag: str, flavour: str) -> None:
     """The connection is cut and the next stream replays from an older position (as a stream opened
     from `stream_cursor` may repeat what a listing showed): the repeats are dropped by (room_id, seq)."""
     alice = AsyncChatClient(live.url, token(f"alice-{tag}"))
     room = await alice.create_room("dedupe", [f"bob-{tag}"])
     board = Switchboard(live.port)
-    bob = AsyncChatClient(live.url, token(f"bob-{tag}"), transport=board)
+    bob = reader(flavour, live.url, token(f"bob-{tag}"), board)
     start = (await bob.list_rooms())["stream_cursor"]
     seen = Collector(bob.stream(start))
     for body in ("one", "two", "three"):

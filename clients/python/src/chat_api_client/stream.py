@@ -202,14 +202,55 @@ class _Connection:
         return error
 
 
-def _request(state: StreamState, room_id: str | None, token: str) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
-    if state.last_id:
-        headers["Last-Event-ID"] = state.last_id
-    return {"params": {"room_id": room_id} if room_id else {}, "headers": headers}
+class _Stream:
+    """What the sync and the async stream share: their place, how they read a line, when they retry."""
+
+    def __init__(
+        self,
+        cursor: str | None,
+        room_id: str | None,
+        marks: dict[str, int] | None,
+        max_backoff: float,
+        read_timeout: float,
+    ) -> None:
+        self.state = StreamState(cursor, marks)
+        self._room_id = room_id
+        self._conn = _Connection(max_backoff)
+        self._timeout = httpx.Timeout(10.0, read=read_timeout)
+        self._retry = DEFAULT_RETRY
+        self._closed = False
+
+    @property
+    def cursor(self) -> str | None:
+        """The last id received: save it, and pass it as `cursor` to continue where this stream was."""
+        return self.state.last_id
+
+    def _request(self, token: str) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        if self.state.last_id:
+            headers["Last-Event-ID"] = self.state.last_id
+        return {
+            "params": {"room_id": self._room_id} if self._room_id else {},
+            "headers": headers,
+            "timeout": self._timeout,
+        }
+
+    def _take(self, parser: Parser, line: str) -> StreamItem | _Reauth | None:
+        frame = parser.feed(line)
+        if parser.retry is not None:
+            self._retry = parser.retry
+        if frame is None:
+            return None
+        item = self.state.apply(*frame)
+        if item is REAUTH:
+            self._conn.refresh = True
+        return item
+
+    def _next_wait(self, at_least: float) -> float:
+        return self._conn.wait(self._retry, at_least)
 
 
-class EventStream:
+class EventStream(_Stream):
     """`for item in client.stream(...)`: Event, Typing and Reset items, forever (until close())."""
 
     def __init__(
@@ -223,19 +264,9 @@ class EventStream:
         max_backoff: float = MAX_BACKOFF,
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
-        self.state = StreamState(cursor, marks)
-        self._client, self._room_id, self._on_reset = client, room_id, on_reset
-        self._conn = _Connection(max_backoff)
-        self._timeout = httpx.Timeout(10.0, read=read_timeout)
-        self._retry = DEFAULT_RETRY
-        self._closed = False
-        self._response: httpx.Response | None = None
+        super().__init__(cursor, room_id, marks, max_backoff, read_timeout)
+        self._client, self._on_reset = client, on_reset
         self._items = self._run()
-
-    @property
-    def cursor(self) -> str | None:
-        """The last id received: save it, and pass it as `cursor` to continue where this stream was."""
-        return self.state.last_id
 
     def __iter__(self) -> EventStream:
         return self
@@ -250,12 +281,10 @@ class EventStream:
         self.close()
 
     def close(self) -> None:
-        """Ends the iteration (from another thread: at the next frame or heartbeat)."""
+        """Ends the iteration; called from another thread, at the next line the service sends (a
+        heartbeat at the latest) or the next reconnection."""
         self._closed = True
-        response = self._response
-        if response is not None:
-            response.close()
-        with contextlib.suppress(ValueError):  # running in another thread: it stops at its next frame
+        with contextlib.suppress(ValueError):  # running in another thread: it stops by itself
             self._items.close()
 
     def _run(self) -> Generator[StreamItem]:
@@ -265,47 +294,35 @@ class EventStream:
             at_least = 0.0
             refresh, self._conn.refresh = self._conn.refresh, False
             try:
-                token = self._client._token(refresh=refresh)
-                request = _request(self.state, self._room_id, token)
-                with self._client._http.stream(
-                    "GET", "/v1/events", timeout=self._timeout, **request
-                ) as response:
+                request = self._request(self._client._token(refresh=refresh))
+                with self._client._http.stream("GET", "/v1/events", **request) as response:
                     opened = self._conn.opened(response)
-                    if isinstance(opened, ProblemError):
+                    if opened is not True:
                         response.read()
-                        raise ProblemError.from_response(response)
-                    if not opened:
-                        response.read()
+                        if isinstance(opened, ProblemError):
+                            raise ProblemError.from_response(response)
                         at_least = ProblemError.from_response(response).retry_after or 0.0
                     else:
-                        self._response = response
                         parser = Parser()
                         for line in response.iter_lines():
-                            frame = parser.feed(line)
-                            self._retry = parser.retry if parser.retry is not None else self._retry
-                            if frame is None:
-                                continue
-                            item = self.state.apply(*frame)
-                            if item is REAUTH:
-                                self._conn.refresh = True
+                            if self._closed:
+                                return
+                            item = self._take(parser, line)
+                            if isinstance(item, _Reauth):
                                 break
                             if isinstance(item, Reset) and self._on_reset is not None:
                                 self._on_reset(item)
-                            if item is not None and not isinstance(item, _Reauth):
+                            if item is not None:
                                 yield item
-                            if self._closed:
-                                return
                         else:
                             self._conn.failures += 1  # the service ended it (restart, slow reader)
             except httpx.TransportError:
                 self._conn.failures += 1
-            finally:
-                self._response = None
             if not self._closed:
-                time.sleep(self._conn.wait(self._retry, at_least))
+                time.sleep(self._next_wait(at_least))
 
 
-class AsyncEventStream:
+class AsyncEventStream(_Stream):
     """`async for item in client.stream(...)`: Event, Typing and Reset items, forever (until aclose())."""
 
     def __init__(
@@ -319,18 +336,9 @@ class AsyncEventStream:
         max_backoff: float = MAX_BACKOFF,
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
-        self.state = StreamState(cursor, marks)
-        self._client, self._room_id, self._on_reset = client, room_id, on_reset
-        self._conn = _Connection(max_backoff)
-        self._timeout = httpx.Timeout(10.0, read=read_timeout)
-        self._retry = DEFAULT_RETRY
-        self._closed = False
+        super().__init__(cursor, room_id, marks, max_backoff, read_timeout)
+        self._client, self._on_reset = client, on_reset
         self._items = self._run()
-
-    @property
-    def cursor(self) -> str | None:
-        """The last id received: save it, and pass it as `cursor` to continue where this stream was."""
-        return self.state.last_id
 
     def __aiter__(self) -> AsyncEventStream:
         return self
@@ -347,7 +355,7 @@ class AsyncEventStream:
     async def aclose(self) -> None:
         """Ends the iteration; from another task, cancel the task that iterates instead."""
         self._closed = True
-        with contextlib.suppress(RuntimeError):  # running in another task: it stops at its next frame
+        with contextlib.suppress(RuntimeError):  # running in another task: it stops by itself
             await self._items.aclose()
 
     async def _run(self) -> AsyncGenerator[StreamItem]:
@@ -357,39 +365,31 @@ class AsyncEventStream:
             at_least = 0.0
             refresh, self._conn.refresh = self._conn.refresh, False
             try:
-                token = await self._client._token(refresh=refresh)
-                request = _request(self.state, self._room_id, token)
-                http = self._client._http
-                async with http.stream("GET", "/v1/events", timeout=self._timeout, **request) as response:
+                request = self._request(await self._client._token(refresh=refresh))
+                async with self._client._http.stream("GET", "/v1/events", **request) as response:
                     opened = self._conn.opened(response)
-                    if isinstance(opened, ProblemError):
+                    if opened is not True:
                         await response.aread()
-                        raise ProblemError.from_response(response)
-                    if not opened:
-                        await response.aread()
+                        if isinstance(opened, ProblemError):
+                            raise ProblemError.from_response(response)
                         at_least = ProblemError.from_response(response).retry_after or 0.0
                     else:
                         parser = Parser()
                         async for line in response.aiter_lines():
-                            frame = parser.feed(line)
-                            self._retry = parser.retry if parser.retry is not None else self._retry
-                            if frame is None:
-                                continue
-                            item = self.state.apply(*frame)
-                            if item is REAUTH:
-                                self._conn.refresh = True
+                            if self._closed:
+                                return
+                            item = self._take(parser, line)
+                            if isinstance(item, _Reauth):
                                 break
                             if isinstance(item, Reset) and self._on_reset is not None:
                                 called = self._on_reset(item)
                                 if inspect.isawaitable(called):
                                     await called
-                            if item is not None and not isinstance(item, _Reauth):
+                            if item is not None:
                                 yield item
-                            if self._closed:
-                                return
                         else:
                             self._conn.failures += 1  # the service ended it (restart, slow reader)
             except httpx.TransportError:
                 self._conn.failures += 1
             if not self._closed:
-                await asyncio.sleep(self._conn.wait(self._retry, at_least))
+                await asyncio.sleep(self._next_wait(at_least))
