@@ -645,3 +645,19 @@ def test_the_ping_bot_answers_every_ping_once_across_a_server_restart_and_its_ow
             bot.kill()
         server.stop()
         alice.close()
+
+
+async def test_aclose_inside_the_loop_ends_the_async_stream(live: ServeProcess, tag: str) -> None:
+    alice = AsyncChatClient(live.url, token(f"alice-{tag}"))
+    room = await alice.create_room("close")
+    start = (await alice.list_rooms())["stream_cursor"]
+    sent = await alice.send_message(room["id"], "the only one")
+    got = []
+    async with asyncio.timeout(WAIT):
+        async with alice.stream(start) as stream:
+            async for item in stream:
+                got.append(item)
+                if isinstance(item, Event) and item.kind == "message.created":
+                    await stream.aclose()
+    assert isinstance(got[-1], Event) and got[-1].message == sent
+    await alice.aclose()

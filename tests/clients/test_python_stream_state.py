@@ -9,7 +9,7 @@ from tests.support.clients import require_python_client
 
 require_python_client()
 
-from chat_api_client.stream import REAUTH, Event, Parser, Reset, StreamState, Typing  # noqa: E402
+from chat_api_client.stream import REAUTH, Event, Parser, Reset, StreamState, Typing, _Connection  # noqa: E402
 
 
 def frames(text: str) -> tuple[Parser, list[tuple[str, str | None, str]]]:
@@ -56,3 +56,16 @@ def test_typing_moves_no_cursor_reauth_and_reset_say_what_to_do() -> None:
     assert state.apply("reauth", None, '{"reason": "token expired"}') is REAUTH and state.last_id == "c0"
     assert state.apply("reset", "c9", '{"cursor": "c9"}') == Reset("c9") and state.last_id == "c9"
     assert state.apply("some.future.kind", None, "{}") is None
+
+
+def test_reconnections_wait_as_retry_says_then_back_off_and_a_reauth_does_not_wait() -> None:
+    conn = _Connection(max_backoff=30.0)
+    conn.failures = 1  # the stream ended
+    assert conn.wait(2.0) == 2.0, "the service's retry: at first"
+    conn.failures = 3
+    assert conn.wait(2.0) == 8.0, "doubling while the service stays away"
+    conn.failures = 10
+    assert conn.wait(2.0) == 30.0, "up to max_backoff"
+    assert conn.wait(2.0, at_least=45.0) == 45.0, "a Retry-After is honoured"
+    conn.failures, conn.refresh = 0, True
+    assert conn.wait(2.0) == 0.0, "reauth: at once, with a fresh token"
