@@ -249,6 +249,11 @@ async def test_the_whole_api_round_trip(live: ServeProcess, tag: str, flavour: s
     assert first_page["stream_cursor"].startswith("v1.")
     second_page = await a.list_rooms(limit=1, cursor=first_page["next_cursor"])
     assert [r["id"] for r in second_page["items"]] == [rid]
+    if isinstance(a.client, ChatClient):
+        pages = await asyncio.to_thread(lambda: list(a.client.iter_rooms(limit=1)))  # type: ignore[union-attr]
+    else:
+        pages = [page async for page in a.client.iter_rooms(limit=1)]
+    assert [r["id"] for page in pages for r in page["items"]] == [other["id"], rid]
     assert (await a.get_room(rid))["members"] == room["members"]
     renamed = await a.update_room(rid, name="renamed", topic="plans")
     assert (renamed["name"], renamed["topic"]) == ("renamed", "plans")
