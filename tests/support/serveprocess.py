@@ -40,11 +40,19 @@ def serve_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
 
 
 class ServeProcess:
-    """`python -m chat_api serve`; stdout and stderr go to DIRECTORY/NAME.stdout and .stderr."""
+    """`python -m chat_api serve`; stdout and stderr go to DIRECTORY/NAME.stdout and .stderr. On a
+    free port unless given one (a restart takes the same origin again)."""
 
-    def __init__(self, database_url: str, directory: Path, name: str = "serve", **extra_env: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        directory: Path,
+        name: str = "serve",
+        port: int | None = None,
+        **extra_env: str,
+    ) -> None:
         self.name = name
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stdout_path = directory / f"{name}.stdout"
         self.stderr_path = directory / f"{name}.stderr"

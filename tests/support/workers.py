@@ -32,8 +32,15 @@ def serve_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
 class ServeProcess(serveprocess.ServeProcess):
     """`chat-api serve` whose worker processes and startup are seen from /proc and its log."""
 
-    def __init__(self, database_url: str, directory: Path, name: str = "serve", **extra_env: str) -> None:
-        super().__init__(database_url, directory, name, **{**SETTINGS, **extra_env})
+    def __init__(
+        self,
+        database_url: str,
+        directory: Path,
+        name: str = "serve",
+        port: int | None = None,
+        **extra_env: str,
+    ) -> None:
+        super().__init__(database_url, directory, name, port, **{**SETTINGS, **extra_env})
 
     def workers(self) -> set[int]:
         return children(self.pid)
@@ -74,9 +81,9 @@ class ServeProcess(serveprocess.ServeProcess):
 
 @contextlib.contextmanager
 def serve_process(
-    database_url: str, directory: Path, name: str = "serve", **extra_env: str
+    database_url: str, directory: Path, name: str = "serve", port: int | None = None, **extra_env: str
 ) -> Iterator[ServeProcess]:
-    server = ServeProcess(database_url, directory, name, **extra_env)
+    server = ServeProcess(database_url, directory, name, port, **extra_env)
     try:
         yield server
     finally:
