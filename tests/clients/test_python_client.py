@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NotRequired, get_args, get_origin, get_type_hints
 
-import asyncpg
 import pytest
 
 import chat_api
 from chat_api.auth.tokens import mint_token
 from tests.support.clients import LosingFirstAnswer, Switchboard, require_python_client
+from tests.support.eventlog import age_and_prune
 from tests.support.ports import free_port
 from tests.support.settings import TEST_SECRET
 from tests.support.workers import ServeProcess, serve_process
@@ -412,7 +412,7 @@ async def test_a_cursor_older_than_the_log_resets_once_and_the_stream_goes_on_fr
     room = await alice.create_room("reset")
     old = (await alice.list_rooms())["stream_cursor"]
     await alice.send_message(room["id"], "soon pruned")
-    await expire_the_log_and_prune(clients_db[0])
+    assert await age_and_prune(clients_db[0], room["id"]) > 0
 
     resets: list[Reset] = []
     board = Switchboard(live.port)
@@ -428,27 +428,6 @@ async def test_a_cursor_older_than_the_log_resets_once_and_the_stream_goes_on_fr
     assert seen.items[0] == resets[0] and len(resets) == 1, "one reset, not one per reconnection"
     assert board.streams == [old, resets[0].cursor]
     assert seen.bodies() == [after["body"]], "nothing of the pruned log"
-
-
-async def expire_the_log_and_prune(owner_url: str) -> None:
-    """Makes every event of the clients' database older than the retention, then `chat-api prune`."""
-    db = await asyncpg.connect(owner_url)
-    try:
-        await db.execute("UPDATE events SET created_at = now() - interval '30 days'")
-    finally:
-        await db.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_API_", "DATABASE_URL"))}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "chat_api",
-        "prune",
-        env={**env, "DATABASE_URL": owner_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0 and b"pruned" in output, output
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
