@@ -54,6 +54,9 @@ class AsyncChatClient:
         token = self._provider(refresh=refresh)
         return await token if inspect.isawaitable(token) else token
 
+    async def _stream_cursor(self) -> str:
+        return (await self.list_rooms(limit=1))["stream_cursor"]
+
     async def _send(self, call: Call) -> httpx.Response:
         attempt, refreshed = 0, False
         refresh = False
@@ -200,7 +203,9 @@ class AsyncChatClient:
         """Every change you may see, each once, in order, across disconnects (chat_api_client.stream).
         cursor=None: from the `stream_cursor` of GET /v1/rooms. `marks`: room id → seq already applied."""
         return AsyncEventStream(
-            self,
+            self._http,
+            lambda refresh: self._token(refresh=refresh),
+            self._stream_cursor,
             cursor,
             room_id=room_id,
             on_reset=on_reset,

@@ -51,6 +51,9 @@ class ChatClient:
     def _token(self, *, refresh: bool = False) -> str:
         return self._provider(refresh=refresh)
 
+    def _stream_cursor(self) -> str:
+        return self.list_rooms(limit=1)["stream_cursor"]
+
     def _send(self, call: Call) -> httpx.Response:
         attempt, refreshed = 0, False
         refresh = False
@@ -195,7 +198,9 @@ class ChatClient:
         """Every change you may see, each once, in order, across disconnects (chat_api_client.stream).
         cursor=None: from the `stream_cursor` of GET /v1/rooms. `marks`: room id → seq already applied."""
         return EventStream(
-            self,
+            self._http,
+            lambda refresh: self._token(refresh=refresh),
+            self._stream_cursor,
             cursor,
             room_id=room_id,
             on_reset=on_reset,

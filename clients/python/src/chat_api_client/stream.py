@@ -15,17 +15,13 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
 import httpx
 
 from chat_api_client import _calls
 from chat_api_client.errors import ProblemError
 from chat_api_client.models import Member, Message, RoomDetail
-
-if TYPE_CHECKING:
-    from chat_api_client.aio import AsyncChatClient
-    from chat_api_client.client import ChatClient
 
 DEFAULT_RETRY: Final = 2.0  # seconds until the service's `retry:` field says otherwise
 MAX_BACKOFF: Final = 30.0
@@ -255,7 +251,9 @@ class EventStream(_Stream):
 
     def __init__(
         self,
-        client: ChatClient,
+        http: httpx.Client,
+        token: Callable[[bool], str],
+        first_cursor: Callable[[], str],
         cursor: str | None,
         *,
         room_id: str | None = None,
@@ -264,8 +262,11 @@ class EventStream(_Stream):
         max_backoff: float = MAX_BACKOFF,
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
+        """`http` reaches the service, `token(refresh)` gives a bearer token, `first_cursor()` the
+        `stream_cursor` to start from when `cursor` is None (the client hands in its own)."""
         super().__init__(cursor, room_id, marks, max_backoff, read_timeout)
-        self._client, self._on_reset = client, on_reset
+        self._http, self._token, self._first_cursor = http, token, first_cursor
+        self._on_reset = on_reset
         self._items = self._run()
 
     def __iter__(self) -> EventStream:
@@ -289,13 +290,13 @@ class EventStream(_Stream):
 
     def _run(self) -> Generator[StreamItem]:
         if self.state.last_id is None:
-            self.state.last_id = self._client.list_rooms(limit=1)["stream_cursor"]
+            self.state.last_id = self._first_cursor()
         while not self._closed:
             at_least = 0.0
             refresh, self._conn.refresh = self._conn.refresh, False
             try:
-                request = self._request(self._client._token(refresh=refresh))
-                with self._client._http.stream("GET", "/v1/events", **request) as response:
+                request = self._request(self._token(refresh))
+                with self._http.stream("GET", "/v1/events", **request) as response:
                     opened = self._conn.opened(response)
                     if opened is not True:
                         response.read()
@@ -327,7 +328,9 @@ class AsyncEventStream(_Stream):
 
     def __init__(
         self,
-        client: AsyncChatClient,
+        http: httpx.AsyncClient,
+        token: Callable[[bool], Awaitable[str]],
+        first_cursor: Callable[[], Awaitable[str]],
         cursor: str | None,
         *,
         room_id: str | None = None,
@@ -336,8 +339,10 @@ class AsyncEventStream(_Stream):
         max_backoff: float = MAX_BACKOFF,
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
+        """As EventStream's, awaited."""
         super().__init__(cursor, room_id, marks, max_backoff, read_timeout)
-        self._client, self._on_reset = client, on_reset
+        self._http, self._token, self._first_cursor = http, token, first_cursor
+        self._on_reset = on_reset
         self._items = self._run()
 
     def __aiter__(self) -> AsyncEventStream:
@@ -360,13 +365,13 @@ class AsyncEventStream(_Stream):
 
     async def _run(self) -> AsyncGenerator[StreamItem]:
         if self.state.last_id is None:
-            self.state.last_id = (await self._client.list_rooms(limit=1))["stream_cursor"]
+            self.state.last_id = await self._first_cursor()
         while not self._closed:
             at_least = 0.0
             refresh, self._conn.refresh = self._conn.refresh, False
             try:
-                request = self._request(await self._client._token(refresh=refresh))
-                async with self._client._http.stream("GET", "/v1/events", **request) as response:
+                request = self._request(await self._token(refresh))
+                async with self._http.stream("GET", "/v1/events", **request) as response:
                     opened = self._conn.opened(response)
                     if opened is not True:
                         await response.aread()
