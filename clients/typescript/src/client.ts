@@ -3,6 +3,7 @@
 // made safe to retry with one Idempotency-Key per message.
 import { isTransient, ProblemError, problemOf } from "./errors.js";
 import { EventStream, type StreamOptions } from "./stream.js";
+import { claimsOf, sleep } from "./util.js";
 import type {
   HistoryQuery,
   ListRoomsQuery,
@@ -76,29 +77,6 @@ export function newIdempotencyKey(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
-
-/** The claims of a JWT, read without verifying it (a client only wants its own `sub` and `exp`). */
-export function claimsOf(token: string): { sub?: string; exp?: number; iat?: number } | null {
-  try {
-    const part = (token.split(".")[1] ?? "").replace(/-/g, "+").replace(/_/g, "/");
-    const claims: unknown = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
-    return claims && typeof claims === "object" ? (claims as { sub?: string; exp?: number }) : null;
-  } catch {
-    return null;
-  }
-}
-
-export const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
-  new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    }
-    signal?.addEventListener("abort", done, { once: true });
-  });
 
 const enc = encodeURIComponent;
 

@@ -2,9 +2,7 @@
 // helper. No runtime dependency: fetch, ReadableStream and TextDecoder (browsers, Node 20).
 export {
   ChatClient,
-  claimsOf,
   newIdempotencyKey,
-  sleep,
   type Answer,
   type ClientOptions,
   type RequestOptions,
@@ -14,6 +12,7 @@ export {
   type TokenProvider,
 } from "./client.js";
 export { isTransient, ProblemError } from "./errors.js";
+export { claimsOf, sleep } from "./util.js";
 export { SseParser, type SseFrame } from "./sse.js";
 export {
   EventStream,

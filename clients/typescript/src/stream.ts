@@ -8,7 +8,7 @@
 //   - apply by (room_id, seq): an event at or below the room's last applied seq is skipped;
 //   - `event: typing` (no id) goes to onTyping and never moves the cursor; comments are ignored.
 import type { ChatClient } from "./client.js";
-import { claimsOf, sleep } from "./client.js";
+import { claimsOf, sleep } from "./util.js";
 import { isTransient, ProblemError, problemOf } from "./errors.js";
 import { SseParser, type SseFrame } from "./sse.js";
 import { CHAT_EVENT_TYPES, type ChatEvent, type ChatEventType, type TypingNotice } from "./types.js";

@@ -3,33 +3,12 @@
 // made safe to retry with one Idempotency-Key per message.
 import { isTransient, ProblemError, problemOf } from "./errors.js";
 import { EventStream } from "./stream.js";
+import { claimsOf, sleep } from "./util.js";
 /** A random Idempotency-Key (crypto.randomUUID needs a secure context; getRandomValues does not). */
 export function newIdempotencyKey() {
     const bytes = crypto.getRandomValues(new Uint8Array(16));
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
-/** The claims of a JWT, read without verifying it (a client only wants its own `sub` and `exp`). */
-export function claimsOf(token) {
-    try {
-        const part = (token.split(".")[1] ?? "").replace(/-/g, "+").replace(/_/g, "/");
-        const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
-        return claims && typeof claims === "object" ? claims : null;
-    }
-    catch {
-        return null;
-    }
-}
-export const sleep = (ms, signal) => new Promise((resolve) => {
-    if (signal?.aborted)
-        return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-        clearTimeout(timer);
-        signal?.removeEventListener("abort", done);
-        resolve();
-    }
-    signal?.addEventListener("abort", done, { once: true });
-});
 const enc = encodeURIComponent;
 export class ChatClient {
     baseUrl;

@@ -1,4 +1,4 @@
-import { claimsOf, sleep } from "./client.js";
+import { claimsOf, sleep } from "./util.js";
 import { isTransient, ProblemError, problemOf } from "./errors.js";
 import { SseParser } from "./sse.js";
 import { CHAT_EVENT_TYPES } from "./types.js";
