@@ -51,22 +51,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from chat_api.core.db import Database
-    from chat_api.events.reader import prune
+    from chat_api.events.pruner import prune_once
 
     settings = load_settings()
     settings.require_database()
     configure_logging(settings)
-
-    async def run() -> int:
-        db = Database(settings)
-        await db.open()
-        try:
-            return await prune(db, settings.event_retention_seconds)
-        finally:
-            await db.close()
-
-    deleted = asyncio.run(run())
+    deleted = asyncio.run(prune_once(settings))
     log.info("pruned %d events older than %d s", deleted, settings.event_retention_seconds)
     return 0
 

@@ -21,6 +21,7 @@ from chat_api.core.db import Database
 from chat_api.events.cursor import Cursor
 from chat_api.events.hub import END, Subscription
 from chat_api.events.reader import prune
+from tests.support.eventlog import age_and_prune
 from tests.support.problems import assert_problem
 from tests.support.servers import RunningServer, ServerFactory
 from tests.support.settings import TEST_SECRET
@@ -273,20 +274,7 @@ async def test_cursor_older_than_the_retained_log_gets_reset(
     room = await alice.create_room()
     old_cursor = (await alice.http.get("/v1/rooms")).json()["stream_cursor"]
     await alice.send(room["id"], "soon pruned")
-    db = await asyncpg.connect(database_url)
-    try:
-        await db.execute(
-            "UPDATE events SET created_at = now() - interval '30 days' WHERE room_id = $1",
-            uuid.UUID(room["id"]),
-        )
-    finally:
-        await db.close()
-    db = Database(settings)
-    await db.open()
-    try:
-        assert await prune(db, settings.event_retention_seconds)
-    finally:
-        await db.close()
+    assert await age_and_prune(database_url, room["id"], settings)
     async with open_stream(server.url, alice.token, last_event_id=old_cursor) as stream:
         reset = (await stream.wait_for(1, "reset"))[0]
         after = (await alice.send(room["id"], "after reset")).json()

@@ -22,3 +22,13 @@ async def prune_periodically(settings: Settings, db: Database) -> None:
             continue
         if deleted:
             log.info("pruned %d events older than %d s", deleted, settings.event_retention_seconds)
+
+
+async def prune_once(settings: Settings) -> int:
+    """One pass, with a pool of its own (`chat-api prune`); how many events were deleted."""
+    db = Database(settings)
+    await db.open()
+    try:
+        return await prune(db, settings.event_retention_seconds)
+    finally:
+        await db.close()

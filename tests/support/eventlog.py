@@ -1,5 +1,5 @@
 """Makes stream cursors stale on purpose: ages one room's events past the retention and prunes the
-log, as tests/test_events.py does in-process. A command for tests that run in another language:
+log (tests/test_events.py, the client libraries' reset tests). Also a command, for tests in another language:
 
     python -m tests.support.eventlog DATABASE_URL ROOM_ID
 """
@@ -12,13 +12,14 @@ import uuid
 
 import asyncpg
 
-from chat_api.core.db import Database
-from chat_api.events.reader import prune
+from chat_api.core.config import Settings
+from chat_api.events.pruner import prune_once
 from tests.support.settings import make_settings
 
 
-async def age_and_prune(database_url: str, room_id: str) -> int:
-    """Dates the room's events 30 days back, then prunes the log; answers how many were deleted."""
+async def age_and_prune(database_url: str, room_id: str, settings: Settings | None = None) -> int:
+    """Dates the room's events 30 days back (as `database_url`'s user), then prunes the log with
+    `settings` (default: the same database); answers how many were deleted."""
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(
@@ -26,13 +27,7 @@ async def age_and_prune(database_url: str, room_id: str) -> int:
         )
     finally:
         await conn.close()
-    settings = make_settings(database_url)
-    db = Database(settings)
-    await db.open()
-    try:
-        return await prune(db, settings.event_retention_seconds)
-    finally:
-        await db.close()
+    return await prune_once(settings or make_settings(database_url))
 
 
 def main(argv: list[str]) -> int:
