@@ -3,20 +3,19 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
 
 from bench import hubs
+from tests.support.missing import missing
 
 pytestmark = pytest.mark.bench
 
 
 def test_the_hub_simulation_reports_every_figure(admin_url: str) -> None:
     if shutil.which("psql") is None:  # bench.harness creates the database with it
-        reason = "psql is missing: apt-get install postgresql-client"
-        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+        missing("psql is missing: apt-get install postgresql-client")
 
     document = hubs.run(admin_url, hubs=(1, 2), rates=(20,), seconds=1.0, log_events=500)
 

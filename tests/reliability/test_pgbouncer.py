@@ -33,6 +33,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.support.missing import missing
 from tests.support.ports import free_port
 from tests.support.problems import assert_problem
 from tests.support.servers import RunningServer, ServerFactory
@@ -50,10 +51,7 @@ POOLED_APP_NAME = "chat-api-via-pgbouncer"
 
 def _require_pgbouncer() -> None:
     if not (os.path.exists(PGBOUNCER) and shutil.which(PSQL)):
-        message = "needs Debian's pgbouncer and psql (apt-get install -y pgbouncer postgresql-client)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("needs Debian's pgbouncer and psql (apt-get install -y pgbouncer postgresql-client)")
 
 
 def pgbouncer_version() -> tuple[int, ...]:

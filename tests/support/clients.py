@@ -5,22 +5,19 @@ cut the streams open through it, and replay a stream from an older position)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import httpx
-import pytest
+
+from tests.support.missing import missing
 
 
 def require_python_client() -> None:
     """Skips where chat-api-client is not installed (a developer's machine); fails in CI, whose
     .ci/run installs it (pip install -e clients/python)."""
     if importlib.util.find_spec("chat_api_client") is None:
-        message = "the Python client tests need chat-api-client: pip install -e clients/python"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message, allow_module_level=True)
+        missing("the Python client tests need chat-api-client: pip install -e clients/python", module=True)
 
 
 class _CuttableStream(httpx.AsyncByteStream, httpx.SyncByteStream):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.missing import missing
+
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = REPO / "clients" / "typescript"
 TSC = LIBRARY / "node_modules" / "typescript" / "bin" / "tsc"
@@ -20,16 +22,13 @@ def require_node() -> str:
     """The node binary; skips without Node or the npm modules on a developer's machine, fails in CI
     (.ci/run installs both: `npm ci` in clients/typescript)."""
     node = shutil.which("node")
-    missing = []
+    needed = []
     if node is None:
-        missing.append("node (apt-get install nodejs npm)")
+        needed.append("node (apt-get install nodejs npm)")
     if not TSC.exists():
-        missing.append(f"the npm modules of {LIBRARY.relative_to(REPO)} (npm ci there)")
-    if missing:
-        message = "the TypeScript client's tests need " + " and ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        needed.append(f"the npm modules of {LIBRARY.relative_to(REPO)} (npm ci there)")
+    if needed:
+        missing("the TypeScript client's tests need " + " and ".join(needed))
     assert node is not None
     return node
 

@@ -6,7 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-import pytest
+from tests.support.missing import missing
 
 CHROMIUM = Path(os.environ.get("CHAT_API_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -23,13 +23,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 def require_browser() -> None:
     """Skips without Playwright or Chromium on a developer's machine; fails in CI, which installs both."""
-    missing = []
+    needed = []
     if importlib.util.find_spec("playwright") is None:
-        missing.append("the playwright package (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 pip install playwright)")
+        needed.append("the playwright package (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 pip install playwright)")
     if not CHROMIUM.exists():
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    if missing:
-        message = "browser tests need " + " and ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        needed.append(f"{CHROMIUM} (apt-get install chromium)")
+    if needed:
+        missing("browser tests need " + " and ".join(needed))
