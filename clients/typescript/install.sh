@@ -5,13 +5,6 @@
 # by hand before `pytest tests/clients` on a new clone.
 set -euo pipefail
 cd "$(dirname "$0")"
-stamp=node_modules/.installed-from-package-lock.json
-if [[ -f $stamp ]] && cmp -s package-lock.json "$stamp"; then
-  echo "TypeScript client: node_modules matches package-lock.json"
-  exit 0
-fi
-# --ignore-scripts: no install script of a dependency runs (none needs one).
-npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
-cp package-lock.json "$stamp"
-echo "TypeScript client: installed typescript $(node -p 'require("typescript/package.json").version')," \
+../../scripts/npm-ci.sh . "TypeScript client"
+echo "TypeScript client: typescript $(node -p 'require("typescript/package.json").version')," \
   "openapi-typescript $(node -p 'require("openapi-typescript/package.json").version')"
