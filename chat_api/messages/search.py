@@ -23,6 +23,7 @@ from chat_api.auth.dependencies import CurrentUser
 from chat_api.core.db import Database, DatabaseDep
 from chat_api.core.errors import DomainError, NotAMember, Problem, problem_responses
 from chat_api.core.paths import parse_room_id
+from chat_api.core.wire import StorableText
 from chat_api.messages.schemas import SearchPage
 
 router = APIRouter(tags=["messages"], responses=problem_responses(401, 422, 431, 503))
@@ -100,7 +101,7 @@ async def search_messages(
     user: CurrentUser,
     db: DatabaseDep,
     q: Annotated[
-        str,
+        StorableText,
         Query(
             max_length=500,
             description='Web-search syntax: words, "quoted phrases", `or`, `-excluded`; whole words, '
@@ -117,8 +118,6 @@ async def search_messages(
     edited ones by their current text."""
     if not q.strip():
         raise Problem(422, "q: give at least one word to search for.", kind="validation")
-    if "\x00" in q:
-        raise Problem(422, "q: must not contain NUL characters.", kind="validation")
     room = parse_room_id(room_id) if room_id is not None else None
     after = decode_cursor(cursor) if cursor is not None else None
     found = await search(db, user, q, room, limit, after)
