@@ -9,17 +9,15 @@ chat_search() reads each of the caller's rooms newest first and merges them, key
 
 from __future__ import annotations
 
-import base64
-import binascii
-import struct
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
 from chat_api.auth.dependencies import CurrentUser
+from chat_api.core import keyset
 from chat_api.core.db import Database, DatabaseDep
 from chat_api.core.errors import DomainError, NotAMember, Problem, problem_responses
 from chat_api.core.paths import parse_room_id
@@ -28,7 +26,6 @@ from chat_api.messages.schemas import SearchPage
 
 router = APIRouter(tags=["messages"], responses=problem_responses(401, 422, 431, 503))
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SEARCH = "SELECT doc, created_at, room_id, seq FROM chat_search($1, $2, $3, $4, $5, $6, $7)"
 # In one room: nothing at all when the caller is not a member (then 404), else one row per result
 # and one with NULLs when there is none.
@@ -60,21 +57,15 @@ class Found:
 
 
 def encode_cursor(created_at: datetime, room_id: uuid.UUID, seq: int) -> str:
-    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
-    packed = struct.pack(">q", micros) + room_id.bytes + struct.pack(">q", seq)
-    return base64.urlsafe_b64encode(packed).rstrip(b"=").decode()
+    return keyset.encode(created_at, room_id, seq)
 
 
 def decode_cursor(raw: str) -> Position:
     try:
-        packed = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-        if len(packed) != 32:
-            raise ValueError
-        (micros,) = struct.unpack(">q", packed[:8])
-        (seq,) = struct.unpack(">q", packed[24:])
-        return _EPOCH + timedelta(microseconds=micros), uuid.UUID(bytes=packed[8:24]), seq
-    except (ValueError, binascii.Error, OverflowError):
+        created_at, room_id, (seq,) = keyset.decode(raw, 1)
+    except ValueError:
         raise MalformedSearchCursor from None
+    return created_at, room_id, seq
 
 
 async def search(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import struct
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
+from chat_api.core import keyset
 from chat_api.core.db import Database
 from chat_api.core.errors import NotAMember
 from chat_api.events import log
@@ -96,19 +94,15 @@ def _room(row: asyncpg.Record) -> Room:
 
 
 def _encode_page_cursor(activity_at: datetime, room_id: uuid.UUID) -> str:
-    micros = (activity_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    return base64.urlsafe_b64encode(struct.pack(">q", micros) + room_id.bytes).rstrip(b"=").decode()
+    return keyset.encode(activity_at, room_id)
 
 
 def _decode_page_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
     try:
-        packed = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-        if len(packed) != 24:
-            raise ValueError
-        (micros,) = struct.unpack(">q", packed[:8])
-        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros), uuid.UUID(bytes=packed[8:])
-    except (ValueError, binascii.Error, OverflowError):
+        activity_at, room_id, _ = keyset.decode(raw)
+    except ValueError:
         raise MalformedPageCursor from None
+    return activity_at, room_id
 
 
 async def list_rooms(db: Database, user: str, limit: int, cursor: str | None) -> RoomPage:
